@@ -1,0 +1,85 @@
+"""Dependencies named once, so route signatures read like sentences."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.auth.models import Role
+from app.auth.service import Principal, authenticate
+from app.core.config import Settings
+from app.core.db import Database
+from app.core.errors import Forbidden, Unauthenticated
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+DatabaseDep = Annotated[Database, Depends(get_db)]
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+async def _write_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
+    async with db.transaction() as session:
+        yield session
+
+
+async def _read_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
+    async with db.read() as session:
+        yield session
+
+
+# scope="function": the transaction commits when the route returns, before the response is
+# sent, so a client never sees a 2xx for a write that then fails to commit.
+SessionDep = Annotated[AsyncSession, Depends(_write_session, scope="function")]
+ReadSessionDep = Annotated[AsyncSession, Depends(_read_session, scope="function")]
+
+
+async def current_principal(request: Request, db: DatabaseDep) -> Principal:
+    cached: Principal | None = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
+    cache = request.app.state.key_cache
+    principal = cache.get(token.strip())
+    if principal is None:
+        async with db.read() as session:
+            principal = await authenticate(session, token.strip())
+        if principal is None:
+            raise Unauthenticated("The API key is unknown or revoked.")
+        cache.put(token.strip(), principal)
+    request.state.principal = principal
+    return principal
+
+
+def require(*roles: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """A dependency admitting `roles` (and admin, which may do everything)."""
+    allowed = {Role.admin, *roles}
+
+    async def _check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if principal.role not in allowed:
+            raise Forbidden(f"The {principal.role.value} role may not do this.")
+        return principal
+
+    return _check
+
+
+READERS = (Role.duty_officer, Role.leader, Role.viewer)
+Reader = Annotated[Principal, Depends(require(*READERS))]
+DutyOfficer = Annotated[Principal, Depends(require(Role.duty_officer))]
+Leader = Annotated[Principal, Depends(require(Role.leader))]
+Admin = Annotated[Principal, Depends(require())]
+Monitor = Annotated[Principal, Depends(require(Role.monitor))]

@@ -1,0 +1,155 @@
+"""Engines and sessions.
+
+One transaction boundary: a request (or a worker job) gets one session; services add and
+flush but never commit; the boundary commits or rolls back. On SQLite every write
+transaction starts with BEGIN IMMEDIATE so two writers queue on the lock (busy_timeout)
+instead of failing when a reader upgrades; reads use a second engine with plain BEGIN so
+they never wait for writers (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+SQLModel.metadata.naming_convention = NAMING_CONVENTION
+
+AfterCommit = Callable[[], None]
+
+
+def async_url(url: str) -> str:
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
+    return url
+
+
+def sync_url(url: str) -> str:
+    if url.startswith("sqlite+aiosqlite:"):
+        return "sqlite:" + url[len("sqlite+aiosqlite:") :]
+    return url
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    if not url.startswith("sqlite"):
+        return
+    path = sa.engine.make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_hooks(engine: Any, begin: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver's own is DEFERRED).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+
+def make_sync_engine(url: str) -> sa.Engine:
+    url = sync_url(url)
+    ensure_sqlite_dir(url)
+    engine = sa.create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    if url.startswith("sqlite"):
+        _sqlite_hooks(engine, "BEGIN IMMEDIATE")
+    return engine
+
+
+class Database:
+    """Holds the write and read engines of one process."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        ensure_sqlite_dir(url)
+        aurl = async_url(url)
+        if self.is_sqlite:
+            self.engine: AsyncEngine = create_async_engine(aurl, pool_size=pool_size)
+            self.read_engine: AsyncEngine = create_async_engine(aurl, pool_size=pool_size)
+            _sqlite_hooks(self.engine.sync_engine, "BEGIN IMMEDIATE")
+            _sqlite_hooks(self.read_engine.sync_engine, "BEGIN")
+        else:
+            self.engine = create_async_engine(
+                aurl, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True,
+                pool_timeout=10,
+            )
+            self.read_engine = self.engine
+        self._write = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._read = async_sessionmaker(
+            self.read_engine, class_=AsyncSession, expire_on_commit=False
+        )
+        # SQLite allows one writer; queueing here keeps writers off the busy-wait path.
+        self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction: commit on success, rollback on error, then after-commit hooks."""
+        hooks: list[AfterCommit] = []
+        if self.write_lock is not None:
+            async with self.write_lock, self._transaction(hooks) as session:
+                yield session
+        else:
+            async with self._transaction(hooks) as session:
+                yield session
+        for hook in hooks:
+            hook()
+
+    @asynccontextmanager
+    async def _transaction(self, hooks: list[AfterCommit]) -> AsyncIterator[AsyncSession]:
+        session = self._write()
+        session.info["after_commit"] = hooks
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+        finally:
+            await session.close()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        session = self._read()
+        try:
+            yield session
+        finally:
+            await session.rollback()
+            await session.close()
+
+    async def ping(self) -> None:
+        async with self.read_engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+
+
+def after_commit(session: AsyncSession, hook: AfterCommit) -> None:
+    """Run `hook` once the boundary has committed (never if it rolls back)."""
+    session.info.setdefault("after_commit", []).append(hook)
