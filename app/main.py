@@ -17,6 +17,11 @@ from app.core.db import Database
 from app.core.errors import Unavailable, install_error_handlers, problem_response
 from app.core.middleware import RequestContextMiddleware
 from app.core.migrate import current_revisions, head_revisions
+from app.incidents.router import build_router as build_incidents_router
+from app.incidents.service import Env
+from app.workflows.router import router as workflows_router
+from workflows.engine import WorkflowRegistry
+from workflows.sla import parse_overrides
 
 log = logging.getLogger("crisisflow")
 
@@ -31,11 +36,19 @@ Errors are RFC 9457 `application/problem+json`."""
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = False) -> FastAPI:
     settings = settings or get_settings()
+    workflows = WorkflowRegistry.load()
+    env = Env(
+        workflows=workflows,
+        overrides=parse_overrides(settings.sla_overrides),
+        zone=settings.zone,
+        dialect="sqlite" if settings.is_sqlite else "postgresql",
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.database_url)
         app.state.db = db
+        app.state.env = env
         app.state.heads = head_revisions()
         try:
             yield
@@ -58,6 +71,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(agencies_router)
+    api.include_router(build_incidents_router(workflows))
+    api.include_router(workflows_router)
     app.include_router(api)
     app.include_router(_ops_router())
     app.add_middleware(

@@ -2,5 +2,26 @@
 
 from app.agencies.models import Agency
 from app.auth.models import ApiKey
+from app.deadlines.models import Deadline
+from app.incidents.models import (
+    Incident,
+    IncidentAgency,
+    Proposal,
+    ReferenceCounter,
+    Response,
+    TimelineEntry,
+)
+from app.notifications.models import Event
 
-__all__ = ["Agency", "ApiKey"]
+__all__ = [
+    "Agency",
+    "ApiKey",
+    "Deadline",
+    "Event",
+    "Incident",
+    "IncidentAgency",
+    "Proposal",
+    "ReferenceCounter",
+    "Response",
+    "TimelineEntry",
+]

@@ -15,7 +15,9 @@ target_metadata = SQLModel.metadata
 HAND_MADE_PREFIXES = ("incident_fts",)
 
 
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
     if type_ == "table" and name and name.startswith(HAND_MADE_PREFIXES):
         return False
     return not (type_ == "index" and name and name.startswith("ix_hand_"))

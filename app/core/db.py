@@ -102,6 +102,8 @@ class Database:
         self._read = async_sessionmaker(
             self.read_engine, class_=AsyncSession, expire_on_commit=False
         )
+        # Called after a commit that emitted events: wakes the worker and the live feed.
+        self.event_listeners: list[AfterCommit] = []
         # SQLite allows one writer; queueing here keeps writers off the busy-wait path.
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
 
@@ -122,6 +124,7 @@ class Database:
     async def _transaction(self, hooks: list[AfterCommit]) -> AsyncIterator[AsyncSession]:
         session = self._write()
         session.info["after_commit"] = hooks
+        session.info["events_committed"] = self._events_committed
         try:
             yield session
             await session.commit()
@@ -130,6 +133,10 @@ class Database:
             raise
         finally:
             await session.close()
+
+    def _events_committed(self) -> None:
+        for listener in self.event_listeners:
+            listener()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -37,3 +37,13 @@ def decode_cursor(cursor: str | None, size: int) -> list[Any] | None:
             [{"loc": ["query", "cursor"], "msg": "invalid cursor"}],
         )
     return values
+
+
+def keyset(first: Any, second: Any, after: list[Any], *, ascending: bool) -> Any:
+    """Rows strictly after (first, second) = after, in the list's order."""
+    import sqlalchemy as sa
+
+    a, b = after
+    if ascending:
+        return sa.or_(first > a, sa.and_(first == a, second > b))
+    return sa.or_(first < a, sa.and_(first == a, second < b))

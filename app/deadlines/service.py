@@ -1,0 +1,72 @@
+"""SLA clocks: started when an incident enters a state, met by named triggers, re-timed
+when severity changes. Firing due ones is the worker's job (app/deadlines/firing.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.core.ids import new_id
+from app.deadlines.models import Deadline
+from app.incidents.models import Incident
+from workflows.engine import Workflow
+from workflows.sla import Overrides
+
+
+def _due(wf: Workflow, clock: str, severity: str, start: datetime,
+         overrides: Overrides) -> datetime | None:
+    seconds = wf.deadline_seconds(clock, severity, overrides)
+    return None if seconds is None else start + timedelta(seconds=seconds)
+
+
+async def open_deadlines(session: AsyncSession, incident_id: str) -> list[Deadline]:
+    stmt = select(Deadline).where(
+        Deadline.incident_id == incident_id, col(Deadline.met_at).is_(None)
+    )
+    return list((await session.exec(stmt)).all())
+
+
+async def start_for_state(session: AsyncSession, wf: Workflow, incident: Incident, state: str,
+                          now: datetime, overrides: Overrides) -> None:
+    for spec in wf.deadlines.values():
+        if spec.starts_in != state:
+            continue
+        cycles = await session.exec(
+            select(Deadline.cycle).where(
+                Deadline.incident_id == incident.id, Deadline.clock == spec.clock
+            )
+        )
+        cycle = max(cycles.all(), default=0) + 1
+        session.add(
+            Deadline(
+                id=new_id(), incident_id=incident.id, clock=spec.clock, cycle=cycle,
+                started_at=now,
+                due_at=_due(wf, spec.clock, incident.severity.value, now, overrides),
+            )
+        )
+
+
+async def on_trigger(session: AsyncSession, wf: Workflow, incident: Incident, trigger: str,
+                     entered: str | None, now: datetime, overrides: Overrides) -> None:
+    """Meet the clocks `trigger` stops, start those of the entered state, re-time the rest
+    for the current severity, then refresh the incident's `deadline_at` and `overdue`."""
+    met_clocks = {d.clock for d in wf.deadlines.values() if trigger in d.met_by}
+    for d in await open_deadlines(session, incident.id):
+        if d.clock in met_clocks:
+            d.met_at = now
+        else:
+            d.due_at = _due(wf, d.clock, incident.severity.value, d.started_at, overrides)
+        session.add(d)
+    if entered is not None:
+        await start_for_state(session, wf, incident, entered, now, overrides)
+    await session.flush()
+    await refresh(session, incident, now)
+
+
+async def refresh(session: AsyncSession, incident: Incident, now: datetime) -> None:
+    pending = await open_deadlines(session, incident.id)
+    due = [d.due_at for d in pending if d.due_at is not None]
+    incident.deadline_at = min(due) if due else None
+    incident.overdue = any(d.fired_at is not None for d in pending)

@@ -1,0 +1,457 @@
+"""Incidents: open, read, edit, and drive through their workflow.
+
+Services never commit: the caller's transaction boundary does. Every change to an incident
+happens with its row locked (FOR UPDATE on PostgreSQL; SQLite's single writer elsewhere),
+so the state, the version, the timeline chain and the outbox rows move together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.agencies.service import require_agencies
+from app.auth.models import Role
+from app.auth.service import Principal
+from app.core.clock import utcnow
+from app.core.errors import (
+    Forbidden,
+    GuardFailed,
+    InvalidTransition,
+    NotFound,
+    PreconditionFailed,
+    ValidationProblem,
+    validation_errors,
+)
+from app.core.ids import new_id
+from app.core.metrics import TRANSITIONS
+from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
+from app.deadlines import service as deadlines
+from app.incidents import timeline
+from app.incidents.actions import ActionContext, latest_proposal
+from app.incidents.models import (
+    Incident,
+    IncidentAgency,
+    IncidentCreate,
+    IncidentPublic,
+    IncidentUpdate,
+    Proposal,
+    ProposalPublic,
+    State,
+    TimelineEntry,
+    TimelineEntryPublic,
+)
+from app.incidents.search import search_clause, search_text
+from app.notifications.outbox import emit
+from workflows.engine import GuardRefused, InvalidTrigger, Workflow, WorkflowRegistry
+from workflows.registry import ACTIONS, GuardContext
+from workflows.sla import Overrides
+
+
+@dataclass(frozen=True)
+class Env:
+    """What the incident service needs from the running app."""
+
+    workflows: WorkflowRegistry
+    overrides: Overrides
+    zone: ZoneInfo
+    dialect: str
+
+
+# -- reading ----------------------------------------------------------------------------
+
+def in_scope(principal: Principal | None, incident: Incident) -> bool:
+    """Agency-scoped viewers see only incidents naming their agency."""
+    if principal is None or principal.role != Role.viewer or principal.agency is None:
+        return True
+    return principal.agency == incident.lead_agency or principal.agency in incident.affected_agencies
+
+
+def guard_context(wf: Workflow, inc: Incident, proposal: Proposal | None,
+                  payload: dict[str, Any] | None = None) -> GuardContext:
+    return GuardContext(
+        state=inc.state.value,
+        severity=inc.severity.value,
+        lead_agency=inc.lead_agency,
+        affected_agencies=list(inc.affected_agencies),
+        latest_proposal_status=proposal.status.value if proposal else None,
+        settings=wf.settings,
+        payload=payload or {},
+    )
+
+
+def snapshot(inc: Incident) -> dict[str, Any]:
+    """The incident as GET returns it, minus the caller-specific `allowed_triggers`."""
+    data = IncidentPublic.model_validate(inc).model_dump(mode="json", exclude={"allowed_triggers"})
+    return data
+
+
+async def to_public(session: AsyncSession, env: Env, inc: Incident,
+                    principal: Principal | None) -> IncidentPublic:
+    public = IncidentPublic.model_validate(inc)
+    if principal is not None:
+        wf = env.workflows.get(inc.workflow, inc.workflow_version)
+        proposal = await latest_proposal(session, inc.id)
+        public.allowed_triggers = wf.allowed_triggers(
+            guard_context(wf, inc, proposal), principal.role.value
+        )
+    return public
+
+
+async def get_visible(session: AsyncSession, incident_id: str, principal: Principal | None,
+                      *, for_update: bool = False) -> Incident:
+    stmt = select(Incident).where(Incident.id == incident_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    inc = (await session.exec(stmt)).first()
+    if inc is None or not in_scope(principal, inc):
+        raise NotFound(f"no incident with id {incident_id}")
+    return inc
+
+
+@dataclass
+class IncidentFilters:
+    state: list[str] | None = None
+    severity: list[str] | None = None
+    category: str | None = None
+    agency: str | None = None
+    q: str | None = None
+    overdue: bool | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    ascending: bool = False
+
+
+async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
+                         f: IncidentFilters, limit: int, cursor: str | None
+                         ) -> Page[IncidentPublic]:
+    t = Incident
+    stmt = select(t)
+    if f.state:
+        stmt = stmt.where(col(t.state).in_(f.state))
+    if f.severity:
+        stmt = stmt.where(col(t.severity).in_(f.severity))
+    if f.category:
+        stmt = stmt.where(t.category == f.category)
+    if f.overdue is not None:
+        stmt = stmt.where(t.overdue == f.overdue)
+    if f.created_after:
+        stmt = stmt.where(col(t.created_at) >= f.created_after)
+    if f.created_before:
+        stmt = stmt.where(col(t.created_at) < f.created_before)
+    agencies = [a for a in (f.agency, _scope_agency(principal)) if a]
+    for agency in agencies:
+        stmt = stmt.where(
+            sa.exists().where(IncidentAgency.incident_id == t.id, IncidentAgency.agency == agency)
+        )
+    if f.q and f.q.strip():
+        stmt = stmt.where(search_clause(env.dialect, Incident, f.q))
+    after = decode_cursor(cursor, 2)
+    created, ident = col(t.created_at), col(t.id)
+    if after is not None:
+        at = datetime.fromisoformat(str(after[0]))
+        stmt = stmt.where(keyset(created, ident, [at, str(after[1])], ascending=f.ascending))
+    order = (created.asc(), ident.asc()) if f.ascending else (created.desc(), ident.desc())
+    rows = list((await session.exec(stmt.order_by(*order).limit(limit + 1))).all())
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor([last.created_at.isoformat(), last.id])
+    return Page(items=[IncidentPublic.model_validate(r) for r in rows[:limit]],
+                next_cursor=next_cursor)
+
+
+def _scope_agency(principal: Principal) -> str | None:
+    return principal.agency if principal.role == Role.viewer else None
+
+
+# -- creating and editing ---------------------------------------------------------------
+
+async def next_reference(session: AsyncSession, env: Env, now: datetime) -> str:
+    """`INC-YYYY-NNNNNN`: one atomic upsert, so concurrent creators never share a number."""
+    year = now.astimezone(env.zone).year
+    insert = pg_insert if env.dialect == "postgresql" else sqlite_insert
+    table = sa.table("reference_counter", sa.column("year"), sa.column("value"))
+    stmt = (
+        insert(table)
+        .values(year=year, value=1)
+        .on_conflict_do_update(index_elements=["year"], set_={"value": table.c.value + 1})
+        .returning(table.c.value)
+    )
+    value = (await session.execute(stmt)).scalar_one()
+    return f"INC-{year}-{value:06d}"
+
+
+def _set_agencies(session: AsyncSession, inc: Incident, *, replace: bool) -> None:
+    codes = {a for a in [inc.lead_agency, *inc.affected_agencies] if a}
+    if replace:
+        session.add_all(IncidentAgency(incident_id=inc.id, agency=c) for c in sorted(codes))
+
+
+async def _replace_agencies(session: AsyncSession, inc: Incident) -> None:
+    await session.execute(sa.delete(IncidentAgency).where(col(IncidentAgency.incident_id) == inc.id))
+    _set_agencies(session, inc, replace=True)
+
+
+async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor: str,
+                 *, workflow: str | None = None, group_key: str | None = None,
+                 now: datetime | None = None, check_agencies: bool = True) -> Incident:
+    now = now or utcnow()
+    if check_agencies:
+        await require_agencies(session, [item_in.lead_agency], loc=["body", "lead_agency"])
+        await require_agencies(session, item_in.affected_agencies,
+                               loc=["body", "affected_agencies"])
+    wf = env.workflows.latest(workflow) if workflow else env.workflows.latest()
+    inc = Incident.model_validate(
+        item_in,
+        update={
+            "id": new_id(),
+            "reference": await next_reference(session, env, now),
+            "workflow": wf.name,
+            "workflow_version": wf.version,
+            "state": wf.initial,
+            "search_text": search_text(item_in.title, item_in.description),
+            "created_by": actor,
+            "created_at": now,
+            "updated_at": now,
+            "state_changed_at": now,
+            "group_key": group_key,
+        },
+    )
+    session.add(inc)
+    _set_agencies(session, inc, replace=True)
+    timeline.append(session, inc, at=now, actor=actor, kind="created", to_state=inc.state.value,
+                    data={"severity": inc.severity.value, "category": inc.category.value})
+    await session.flush()
+    await deadlines.start_for_state(session, wf, inc, wf.initial, now, env.overrides)
+    await session.flush()
+    await deadlines.refresh(session, inc, now)
+    await emit(session, type="incident.detected", at=now, incident=snapshot(inc))
+    return inc
+
+
+def check_if_match(inc: Incident, if_match: str | None) -> None:
+    if if_match is None or if_match.strip() == "*":
+        return
+    wanted = {tag.strip().removeprefix("W/").strip('"') for tag in if_match.split(",")}
+    if str(inc.version) not in wanted:
+        raise PreconditionFailed(
+            f"If-Match {if_match} does not match the current version \"{inc.version}\"",
+            current_version=inc.version,
+        )
+
+
+async def update(session: AsyncSession, env: Env, incident_id: str, item_in: IncidentUpdate,
+                 principal: Principal, if_match: str | None) -> Incident:
+    inc = await get_visible(session, incident_id, principal, for_update=True)
+    check_if_match(inc, if_match)
+    changes = item_in.model_dump(exclude_unset=True)
+    if "title" in changes and changes["title"] is None:
+        raise ValidationProblem("title cannot be null", [{"loc": ["body", "title"], "msg": "null"}])
+    for key in ("affected_agencies", "channels", "links", "tags"):
+        if key in changes and changes[key] is None:
+            changes[key] = []
+    await require_agencies(session, [changes.get("lead_agency"), *changes.get("affected_agencies", [])],
+                           loc=["body", "agencies"])
+    before = {k: getattr(inc, k) for k in changes}
+    changed = {k: v for k, v in changes.items() if before[k] != v}
+    now = utcnow()
+    if changed:
+        inc.sqlmodel_update(changed)
+        if "title" in changed or "description" in changed:
+            inc.search_text = search_text(inc.title, inc.description)
+        if "lead_agency" in changed or "affected_agencies" in changed:
+            await _replace_agencies(session, inc)
+        inc.version += 1
+        inc.updated_at = now
+        timeline.append(session, inc, at=now, actor=principal.actor, kind="updated",
+                        data={"changed": sorted(changed), "values": _jsonable(changed)})
+        session.add(inc)
+        await session.flush()
+    return inc
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, datetime) else v) for k, v in values.items()}
+
+
+# -- transitions ------------------------------------------------------------------------
+
+def validate_payload(wf: Workflow, trigger: str, body: dict[str, Any]) -> dict[str, Any]:
+    model = wf.payloads.get(trigger)
+    if model is None:
+        msg = f"unknown trigger {trigger!r}; known: {', '.join(wf.triggers(public_only=True))}"
+        raise ValidationProblem(msg, [{"loc": ["body", "trigger"], "msg": msg}])
+    try:
+        parsed = model.model_validate({**body, "trigger": trigger})
+    except ValidationError as exc:
+        errors = validation_errors(exc.errors())
+        for e in errors:
+            e["loc"] = ["body", *e["loc"]]
+        first = errors[0]
+        raise ValidationProblem(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", errors) from None
+    data = parsed.model_dump(mode="json", exclude={"trigger"})
+    return data
+
+
+async def fire(session: AsyncSession, env: Env, incident_id: str, trigger: str,
+               body: dict[str, Any], principal: Principal, if_match: str | None = None,
+               *, internal: bool = False) -> tuple[Incident, Proposal | None]:
+    inc = await get_visible(session, incident_id, principal, for_update=True)
+    check_if_match(inc, if_match)
+    wf = env.workflows.get(inc.workflow, inc.workflow_version)
+    payload = validate_payload(wf, trigger, body)
+    specs = [t for t in wf.transitions if t.trigger == trigger]
+    if not internal and all(t.internal for t in specs):
+        msg = f"{trigger} is decided through the proposals API"
+        raise ValidationProblem(msg, [{"loc": ["body", "trigger"], "msg": msg}])
+    role = principal.role.value
+    if role != "admin" and not any(role in t.roles for t in specs):
+        raise Forbidden(f"the {role} role may not fire {trigger}")
+    proposal = await latest_proposal(session, inc.id)
+    ctx = guard_context(wf, inc, proposal, payload)
+    source = inc.state.value
+    try:
+        spec, dest = wf.fire(trigger, ctx)
+    except InvalidTrigger:
+        TRANSITIONS.labels(trigger, "invalid").inc()
+        raise InvalidTransition(
+            f"{trigger} is not allowed while the incident is {source}",
+            current_state=source,
+            allowed_triggers=wf.allowed_triggers(guard_context(wf, inc, proposal), role),
+            rule="source_state",
+        ) from None
+    except GuardRefused as refused:
+        TRANSITIONS.labels(trigger, "guard_failed").inc()
+        raise GuardFailed(
+            f"{trigger} refused by rule {refused.rule}: {refused.description}",
+            current_state=source,
+            allowed_triggers=wf.allowed_triggers(guard_context(wf, inc, proposal), role),
+            rule=refused.rule,
+        ) from None
+    now = utcnow()
+    actx = ActionContext(session=session, incident=inc, payload=payload, principal=principal,
+                         workflow=wf, now=now, latest_proposal=proposal)
+    for name in spec.actions:
+        await ACTIONS[name](actx)
+    inc.state = State(dest)
+    entered = dest if dest != source else None
+    if entered:
+        inc.state_changed_at = now
+    inc.version += 1
+    inc.updated_at = now
+    if actx.agencies_changed:
+        await _replace_agencies(session, inc)
+    session.add(inc)
+    await session.flush()
+    await deadlines.on_trigger(session, wf, inc, trigger, entered, now, env.overrides)
+    timeline.append(session, inc, at=now, actor=principal.actor, kind="transition",
+                    from_state=source, to_state=dest,
+                    data={"trigger": trigger, "payload": payload, **actx.timeline})
+    session.add(inc)
+    await session.flush()
+    current = snapshot(inc)
+    extra = dict(actx.event_data)
+    touched = actx.latest_proposal if "proposal_id" in actx.timeline else None
+    if touched is not None:
+        extra["proposal"] = proposal_public(touched, inc.reference).model_dump(mode="json")
+    for event_type in spec.emits:
+        await emit(session, type=event_type, at=now, incident=current, extra=extra)
+    for event_type, data in actx.events:
+        await emit(session, type=event_type, at=now, incident=current, extra=data)
+    TRANSITIONS.labels(trigger, "ok").inc()
+    return inc, touched
+
+
+# -- timeline and comments --------------------------------------------------------------
+
+async def list_timeline(session: AsyncSession, incident_id: str,
+                        principal: Principal) -> list[TimelineEntryPublic]:
+    await get_visible(session, incident_id, principal)
+    stmt = select(TimelineEntry).where(TimelineEntry.incident_id == incident_id).order_by(
+        col(TimelineEntry.seq)
+    )
+    return [TimelineEntryPublic.model_validate(e) for e in (await session.exec(stmt)).all()]
+
+
+async def add_comment(session: AsyncSession, incident_id: str, body: str,
+                      principal: Principal) -> TimelineEntryPublic:
+    inc = await get_visible(session, incident_id, principal, for_update=True)
+    entry = timeline.append(session, inc, at=utcnow(), actor=principal.actor, kind="comment",
+                            data={"body": body})
+    session.add(inc)
+    await session.flush()
+    return TimelineEntryPublic.model_validate(entry)
+
+
+# -- proposals --------------------------------------------------------------------------
+
+def proposal_public(p: Proposal, reference: str) -> ProposalPublic:
+    return ProposalPublic.model_validate(p, update={"incident_reference": reference})
+
+
+async def list_proposals(session: AsyncSession, status: str | None, incident_id: str | None,
+                         limit: int, cursor: str | None) -> Page[ProposalPublic]:
+    stmt = select(Proposal, Incident.reference).join(Incident, col(Incident.id) == Proposal.incident_id)
+    if status:
+        stmt = stmt.where(Proposal.status == status)
+    if incident_id:
+        stmt = stmt.where(Proposal.incident_id == incident_id)
+    after = decode_cursor(cursor, 2)
+    if after is not None:
+        at = datetime.fromisoformat(str(after[0]))
+        stmt = stmt.where(keyset(col(Proposal.proposed_at), col(Proposal.id), [at, str(after[1])],
+                                 ascending=False))
+    stmt = stmt.order_by(col(Proposal.proposed_at).desc(), col(Proposal.id).desc()).limit(limit + 1)
+    rows = list((await session.exec(stmt)).all())
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1][0]
+        next_cursor = encode_cursor([last.proposed_at.isoformat(), last.id])
+    return Page(items=[proposal_public(p, ref) for p, ref in rows[:limit]], next_cursor=next_cursor)
+
+
+async def get_proposal(session: AsyncSession, proposal_id: str) -> ProposalPublic:
+    row = (await session.exec(
+        select(Proposal, Incident.reference)
+        .join(Incident, col(Incident.id) == Proposal.incident_id)
+        .where(Proposal.id == proposal_id)
+    )).first()
+    if row is None:
+        raise NotFound(f"no proposal with id {proposal_id}")
+    return proposal_public(row[0], row[1])
+
+
+async def decide(session: AsyncSession, env: Env, proposal_id: str, approve: bool,
+                 comment: str | None, principal: Principal) -> ProposalPublic:
+    from app.core.errors import Conflict
+
+    proposal = await session.get(Proposal, proposal_id)
+    if proposal is None:
+        raise NotFound(f"no proposal with id {proposal_id}")
+    incident_id = proposal.incident_id
+    # Lock the incident first: decisions on one proposal then queue behind each other.
+    inc = await get_visible(session, incident_id, None, for_update=True)
+    await session.refresh(proposal)
+    if proposal.status != "pending":
+        raise Conflict(f"the proposal is already {proposal.status.value}",
+                       proposal_status=proposal.status.value)
+    latest = await latest_proposal(session, incident_id)
+    if latest is None or latest.id != proposal.id:
+        raise Conflict("a newer proposal exists for this incident")
+    if proposal.proposed_by_key == principal.key_id:
+        raise Forbidden("The key that proposed a task force cannot decide on it.")
+    trigger = "approve_task_force" if approve else "reject_task_force"
+    body = {"comment": comment} if comment is not None else {}
+    await fire(session, env, inc.id, trigger, body, principal, internal=True)
+    await session.refresh(proposal)
+    return proposal_public(proposal, inc.reference)
