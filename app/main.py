@@ -16,6 +16,7 @@ from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.errors import Unavailable, install_error_handlers, problem_response
 from app.core.middleware import RequestContextMiddleware
+from app.idempotency.middleware import IdempotencyMiddleware
 from app.core.migrate import current_revisions, head_revisions
 from app.incidents.router import build_router as build_incidents_router
 from app.incidents.service import Env
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     api.include_router(workflows_router)
     app.include_router(api)
     app.include_router(_ops_router())
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(
         RequestContextMiddleware, max_body=settings.max_body_bytes, access_log=settings.access_log
     )

@@ -11,6 +11,7 @@ from app.incidents.models import (
     Response,
     TimelineEntry,
 )
+from app.idempotency.models import IdempotencyRecord
 from app.notifications.models import Event
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ApiKey",
     "Deadline",
     "Event",
+    "IdempotencyRecord",
     "Incident",
     "IncidentAgency",
     "Proposal",

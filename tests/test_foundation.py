@@ -10,20 +10,7 @@ from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
 from app.core.config import SettingsError, load_settings
-
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(resp, status: int, type_: str) -> dict:  # type: ignore[no-untyped-def]
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith(PROBLEM)
-    body = resp.json()
-    assert body["type"] == type_
-    assert body["status"] == status
-    assert body["title"] and body["detail"]
-    assert "Traceback" not in resp.text
-    return body
-
+from tests.factories import PROBLEM, assert_problem
 
 # -- settings ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from xml.etree.ElementTree import Element
 # defusedxml ships no type hints; the one call used is wrapped and its result cast below.
 import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 
-from app.alerts.schemas import parse_rfc3339, validation_problem
+from app.alerts.schemas import parse_rfc3339, single_problem, validation_problem
 from app.core.errors import BadRequest
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
@@ -83,18 +83,17 @@ class CapAlert:
 Errors = list[dict[str, Any]]
 
 
-def read_cap(document: bytes) -> CapAlert:
-    """Parse and validate one CAP 1.2 `<alert>`.
+def read_cap(document: bytes | str) -> CapAlert:
+    """Parse and validate one CAP 1.2 `<alert>` (bytes as received; text is taken as decoded).
 
     Raises BadRequest (400) for anything that is not plain well-formed XML, and
     ValidationProblem (422) listing every missing or invalid element.
     """
     root = _parse_xml(document)
     if root.tag != _PREFIX + "alert":
-        raise validation_problem([{
-            "loc": ["alert"],
-            "msg": f"the root element must be <alert> in the namespace {CAP_NS}",
-        }])
+        raise single_problem(
+            ["alert"], f"the root element must be <alert> in the namespace {CAP_NS}"
+        )
 
     errors: Errors = []
     loc: list[Any] = ["alert"]
@@ -109,10 +108,11 @@ def read_cap(document: bytes) -> CapAlert:
 
     info_elements = kids.get("info", [])
     if not info_elements:
-        errors.append({
-            "loc": ["alert", "info"],
-            "msg": "missing required element <info> (at least one is needed to raise an alert)",
-        })
+        _add(
+            errors,
+            ["alert", "info"],
+            "missing required element <info> (at least one is needed to raise an alert)",
+        )
     infos = [_info(element, index, errors) for index, element in enumerate(info_elements)]
 
     if errors:
@@ -131,7 +131,11 @@ def read_cap(document: bytes) -> CapAlert:
     )
 
 
-def _parse_xml(document: bytes) -> Element:
+def _add(errors: Errors, loc: list[Any], msg: str) -> None:
+    errors.append({"loc": loc, "msg": msg})
+
+
+def _parse_xml(document: bytes | str) -> Element:
     try:
         root = SafeET.fromstring(
             document, forbid_dtd=True, forbid_entities=True, forbid_external=True
@@ -168,11 +172,11 @@ def _required(
 ) -> str | None:
     found = kids.get(name)
     if not found:
-        errors.append({"loc": [*loc, name], "msg": f"missing required element <{name}>"})
+        _add(errors, [*loc, name], f"missing required element <{name}>")
         return None
     value = _text(found[0])
     if not value:
-        errors.append({"loc": [*loc, name], "msg": f"element <{name}> must not be empty"})
+        _add(errors, [*loc, name], f"element <{name}> must not be empty")
         return None
     return value
 
@@ -190,10 +194,11 @@ def _enum(
 ) -> str | None:
     value = _required(kids, name, loc, errors)
     if value is not None and value not in allowed:
-        errors.append({
-            "loc": [*loc, name],
-            "msg": f"{name} {_quote(value)} is not one of {', '.join(allowed)}",
-        })
+        _add(
+            errors,
+            [*loc, name],
+            f"{name} {_quote(value)} is not one of {', '.join(allowed)}",
+        )
         return None
     return value
 
@@ -205,16 +210,18 @@ def _identifier(
     if value is None:
         return None
     if _FORBIDDEN_ID_CHARS.search(value):
-        errors.append({
-            "loc": [*loc, name],
-            "msg": f"<{name}> must not contain spaces, commas, '<' or '&'",
-        })
+        _add(
+            errors,
+            [*loc, name],
+            f"<{name}> must not contain spaces, commas, '<' or '&'",
+        )
         return None
     if len(value) > limit:
-        errors.append({
-            "loc": [*loc, name],
-            "msg": f"<{name}> must be at most {limit} characters long",
-        })
+        _add(
+            errors,
+            [*loc, name],
+            f"<{name}> must be at most {limit} characters long",
+        )
         return None
     return value
 
@@ -226,7 +233,7 @@ def _sent(kids: dict[str, list[Element]], loc: list[Any], errors: Errors) -> dat
     try:
         return parse_rfc3339(value, require_offset=True)
     except ValueError as exc:
-        errors.append({"loc": [*loc, "sent"], "msg": f"<sent> {exc}"})
+        _add(errors, [*loc, "sent"], f"<sent> {exc}")
         return None
 
 
@@ -237,19 +244,21 @@ def _references(
     text = _optional(kids, "references")
     if text is None:
         if msg_type in ("Update", "Cancel"):
-            errors.append({
-                "loc": loc,
-                "msg": f"missing required element <references> (required for msgType {msg_type})",
-            })
+            _add(
+                errors,
+                loc,
+                f"missing required element <references> (required for msgType {msg_type})",
+            )
         return ()
     identifiers: list[str] = []
     for entry in text.split():
         parts = entry.split(",")
         if len(parts) != 3 or not parts[1]:
-            errors.append({
-                "loc": loc,
-                "msg": f"references entry {_quote(entry)} is not a 'sender,identifier,sent' triple",
-            })
+            _add(
+                errors,
+                loc,
+                f"references entry {_quote(entry)} is not a 'sender,identifier,sent' triple",
+            )
             continue
         if parts[1] not in identifiers:
             identifiers.append(parts[1])
@@ -263,13 +272,14 @@ def _info(element: Element, index: int, errors: Errors) -> CapInfo | None:
 
     categories = tuple(_text(c) for c in kids.get("category", []))
     if not categories:
-        errors.append({"loc": [*loc, "category"], "msg": "missing required element <category>"})
+        _add(errors, [*loc, "category"], "missing required element <category>")
     for category in categories:
         if category not in INFO_CATEGORIES:
-            errors.append({
-                "loc": [*loc, "category"],
-                "msg": f"category {_quote(category)} is not one of {', '.join(INFO_CATEGORIES)}",
-            })
+            _add(
+                errors,
+                [*loc, "category"],
+                f"category {_quote(category)} is not one of {', '.join(INFO_CATEGORIES)}",
+            )
     event = _required(kids, "event", loc, errors)
     urgency = _enum(kids, "urgency", URGENCIES, loc, errors)
     severity = _enum(kids, "severity", SEVERITIES, loc, errors)
@@ -300,8 +310,10 @@ def _info(element: Element, index: int, errors: Errors) -> CapInfo | None:
     )
 
 
-def _document_text(document: bytes) -> str:
+def _document_text(document: bytes | str) -> str:
     """The document as text in the encoding the parser used, so non-ASCII text survives."""
+    if isinstance(document, str):
+        return document
     if document.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return document.decode("utf-16")
     declared = _XML_ENCODING.match(document)

@@ -21,6 +21,7 @@ from app.alerts.schemas import (
     GenericAlertIn,
     is_http_url,
     render_loc,
+    single_problem,
     validation_problem,
 )
 from app.core.jsonutil import canonical
@@ -148,23 +149,18 @@ def parse_generic(body: Any) -> list[ParsedAlert]:
         return [_from_generic(alert, body)]
 
     if not isinstance(body, list):
-        raise validation_problem(
-            [{"loc": [], "msg": "the body must be an alert object or an array of alerts"}]
-        )
+        raise single_problem([], "the body must be an alert object or an array of alerts")
     if not body or len(body) > MAX_BATCH:
-        raise validation_problem([{
-            "loc": [],
-            "msg": f"a batch must hold between 1 and {MAX_BATCH} alerts; it holds {len(body)}",
-        }])
+        raise single_problem(
+            [], f"a batch must hold between 1 and {MAX_BATCH} alerts; it holds {len(body)}"
+        )
     try:
         alerts = _GENERIC_BATCH.validate_python(body)
     except ValidationError as exc:
         errors = _errors(exc)
         index, *rest = errors[0]["loc"]
         where = render_loc(rest)
-        first = f"alert {index}: {where}: {errors[0]['msg']}" if where else (
-            f"alert {index}: {errors[0]['msg']}"
-        )
+        first = f"alert {index}: " + (f"{where}: " if where else "") + errors[0]["msg"]
         raise validation_problem(errors, first) from None
     return [_from_generic(alert, raw) for alert, raw in zip(alerts, body, strict=True)]
 
@@ -201,16 +197,13 @@ _ALERTMANAGER_CONTEXT = ("receiver", "groupKey", "externalURL")
 def parse_alertmanager(body: Any) -> list[ParsedAlert]:
     """An Alertmanager webhook payload, version "4"; one ParsedAlert per entry of `alerts`."""
     if not isinstance(body, dict):
-        raise validation_problem(
-            [{"loc": [], "msg": "the body must be an Alertmanager webhook payload (an object)"}]
-        )
+        raise single_problem([], "the body must be an Alertmanager webhook payload (an object)")
     # Checked first and alone: another version has another shape, so listing its other
     # "errors" would only bury the real problem.
     if body.get("version") != "4":
-        raise validation_problem([{
-            "loc": ["version"],
-            "msg": 'version must be "4" (the webhook payload of Alertmanager 0.25 and later)',
-        }])
+        raise single_problem(
+            ["version"], 'version must be "4" (the webhook payload of Alertmanager 0.25 and later)'
+        )
     try:
         payload = AlertmanagerWebhookIn.model_validate(body)
     except ValidationError as exc:
@@ -261,8 +254,8 @@ def _from_alertmanager(
 # --- CAP 1.2 -------------------------------------------------------------------------------
 
 
-def parse_cap(document: bytes) -> ParsedAlert:
-    """One CAP 1.2 `<alert>` document (bytes as received, any declared encoding)."""
+def parse_cap(document: bytes | str) -> ParsedAlert:
+    """One CAP 1.2 `<alert>` document: bytes as received (any declared encoding) or text."""
     cap = read_cap(document)
     first = cap.infos[0]
 

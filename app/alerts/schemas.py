@@ -171,3 +171,7 @@ def validation_problem(errors: list[dict[str, Any]], first: str | None = None) -
     if more:
         first += f" (and {more} more problem{'s' if more > 1 else ''})"
     return ValidationProblem(first, errors[:MAX_REPORTED_ERRORS])
+
+
+def single_problem(loc: list[Any], msg: str) -> ValidationProblem:
+    return validation_problem([{"loc": loc, "msg": msg}])

@@ -15,6 +15,7 @@ on 127.0.0.1 with an ephemeral port.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
@@ -63,7 +64,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            parts = []
+            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -210,14 +211,14 @@ class ReceivedMail:
 
     @property
     def message(self) -> EmailMessage:
-        return cast(EmailMessage, email.message_from_bytes(self.data, policy=email.policy.default))
+        return email.message_from_bytes(self.data, policy=email.policy.default)
 
 
 class _SmtpHandler:
     def __init__(self, receiver: SmtpReceiver) -> None:
         self.receiver = receiver
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
         if self.receiver.rcpt_reply:
@@ -225,7 +226,7 @@ class _SmtpHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.receiver.data_reply:
             return self.receiver.data_reply
         login = session.auth_data if session.authenticated else None
@@ -240,13 +241,14 @@ class _SmtpHandler:
         return "250 Message accepted for delivery"
 
 
-class _EphemeralController(Controller):  # type: ignore[misc]
+class _EphemeralController(Controller):
     """aiosmtpd's Controller probes `self.port` after binding; with port 0 that probe would fail,
     so learn the real port from the bound socket first."""
 
     def _trigger_server(self) -> None:
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        server = cast(asyncio.Server, self.server)
+        self.port = server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class SmtpReceiver:
