@@ -124,12 +124,12 @@ _MESSAGE_OVERRIDES = {
 }
 
 
-def _errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     # No input and no context: both may echo the sender's data (or hold exception objects).
     out = []
     for err in exc.errors(include_url=False, include_context=False, include_input=False):
         msg = _MESSAGE_OVERRIDES.get(err["type"]) or err["msg"].removeprefix("Value error, ")
-        out.append({"loc": [*prefix, *err["loc"]], "msg": msg, "type": err["type"]})
+        out.append({"loc": list(err["loc"]), "msg": msg, "type": err["type"]})
     return out
 
 

@@ -62,7 +62,12 @@ def is_http_url(text: str) -> bool:
 def _timestamp(value: Any) -> Any:
     if isinstance(value, datetime):
         # Only reachable from Python callers; JSON bodies always give strings.
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is out of range") from None
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 date-time string")
     return parse_rfc3339(value, require_offset=False)
