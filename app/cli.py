@@ -239,5 +239,70 @@ def agencies_import(
     typer.echo(f"{file}: {created} created, {updated} updated")
 
 
+@workflows_cli.command("check")
+def workflows_check(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Definition files or directories (default: the shipped ones)"),
+    ] = None,
+) -> None:
+    """Validate workflow definitions and print their states and transitions."""
+    import app.incidents.actions  # noqa: F401  (registers the actions definitions name)
+    from workflows.engine import DefinitionError, WorkflowRegistry, definition_files, load_file
+
+    files = definition_files(paths or None)
+    if not files:
+        _fail(f"no workflow definitions (*.yaml, *.yml) in {', '.join(map(str, paths or []))}")
+    loaded = []
+    for file in files:
+        if not file.is_file():
+            _fail(f"{file}: no such file")
+        try:
+            loaded.append(load_file(file))
+        except DefinitionError as exc:
+            _fail(str(exc))
+    try:
+        WorkflowRegistry(loaded)  # the set as a whole: no name and version twice
+    except DefinitionError as exc:
+        _fail(str(exc))
+    for wf in loaded:
+        typer.echo(f"{wf.name} v{wf.version}  ({wf.source})")
+        marks = {wf.initial: " (initial)", **{s: " (final)" for s in wf.final}}
+        typer.echo("  states: " + ", ".join(f"{s}{marks.get(s, '')}" for s in wf.states))
+        typer.echo("  transitions:")
+        for t in wf.transitions:
+            dest = "(same state)" if t.dest == "=" else t.dest
+            extra = f"  [guards: {', '.join(t.guards)}]" if t.guards else ""
+            extra += "  (internal)" if t.internal else ""
+            typer.echo(f"    {t.trigger}: {', '.join(t.sources)} -> {dest}{extra}")
+    typer.echo(f"ok: {len(loaded)} definition(s) valid", err=True)
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    batch_size: Annotated[int, typer.Option(min=1, help="Incidents per read")] = 500,
+) -> None:
+    """Walk every incident's hash-chained timeline; exit 1 at the first broken link."""
+    import time
+
+    from app.incidents.timeline import verify_all
+
+    started = last = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 2.0:
+            last = now
+            typer.echo(f"verified {done}/{total} incidents ({now - started:.0f} s)", err=True)
+
+    result = _with_db(lambda db: verify_all(db, batch_size=batch_size, progress=progress))
+    if result.broken is not None:
+        b = result.broken
+        typer.echo(f"BROKEN: {b.reference} (incident {b.incident_id}) seq {b.seq}: {b.reason}")
+        raise typer.Exit(1)
+    typer.echo(f"{result.incidents} incidents, {result.entries} entries verified")
+
+
 def main() -> None:
     cli()

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.agencies.router import router as agencies_router
 from app.auth.cache import KeyCache
 from app.core.config import Settings, get_settings
+from app.bootstrap import open_database
 from app.core.db import Database
 from app.core.errors import Unavailable, install_error_handlers, problem_response
 from app.core.middleware import RequestContextMiddleware
@@ -20,7 +21,10 @@ from app.idempotency.middleware import IdempotencyMiddleware
 from app.core.migrate import current_revisions, head_revisions
 from app.incidents.router import build_router as build_incidents_router
 from app.incidents.service import Env
+from app.notifications.router import router as notifications_router
+from app.worker import Worker
 from app.workflows.router import router as workflows_router
+from notifiers.base import NotifierContext, NotifierRegistry, make_http_client
 from workflows.engine import WorkflowRegistry
 from workflows.sla import parse_overrides
 
@@ -47,13 +51,23 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
+        db = open_database(settings)
         app.state.db = db
         app.state.env = env
         app.state.heads = head_revisions()
+        http = make_http_client(settings)
+        app.state.notifiers = NotifierRegistry(NotifierContext(settings=settings, http=http))
+        app.state.worker = None
+        if run_worker:
+            app.state.worker = Worker(db, settings, registry=app.state.notifiers)
+            app.state.worker.start()
         try:
             yield
         finally:
+            if app.state.worker is not None:
+                await app.state.worker.stop()
+            await app.state.notifiers.aclose()
+            await http.aclose()
             await db.dispose()
 
     app = FastAPI(
@@ -74,6 +88,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     api.include_router(agencies_router)
     api.include_router(build_incidents_router(workflows))
     api.include_router(workflows_router)
+    api.include_router(notifications_router)
     app.include_router(api)
     app.include_router(_ops_router())
     app.add_middleware(IdempotencyMiddleware)

@@ -12,18 +12,21 @@ from app.incidents.models import (
     TimelineEntry,
 )
 from app.idempotency.models import IdempotencyRecord
-from app.notifications.models import Event
+from app.notifications.models import Delivery, DeliveryAttempt, Event, Subscription
 
-__all__ = [
+__all__ = [  # noqa: RUF022
     "Agency",
     "ApiKey",
     "Deadline",
+    "Delivery",
+    "DeliveryAttempt",
     "Event",
     "IdempotencyRecord",
     "Incident",
     "IncidentAgency",
     "Proposal",
     "ReferenceCounter",
+    "Subscription",
     "Response",
     "TimelineEntry",
 ]

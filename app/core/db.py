@@ -82,8 +82,10 @@ def make_sync_engine(url: str) -> sa.Engine:
 class Database:
     """Holds the write and read engines of one process."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10,
+                 session_info: dict[str, Any] | None = None) -> None:
         self.url = url
+        self.session_info = dict(session_info or {})
         self.is_sqlite = url.startswith("sqlite")
         ensure_sqlite_dir(url)
         aurl = async_url(url)
@@ -123,6 +125,7 @@ class Database:
     @asynccontextmanager
     async def _transaction(self, hooks: list[AfterCommit]) -> AsyncIterator[AsyncSession]:
         session = self._write()
+        session.info.update(self.session_info)
         session.info["after_commit"] = hooks
         session.info["events_committed"] = self._events_committed
         try:
@@ -141,6 +144,7 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         session = self._read()
+        session.info.update(self.session_info)
         try:
             yield session
         finally:

@@ -144,6 +144,11 @@ async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
         stmt = stmt.where(t.category == f.category)
     if f.overdue is not None:
         stmt = stmt.where(t.overdue == f.overdue)
+    for name in ("created_after", "created_before"):
+        value = getattr(f, name)
+        if value is not None and value.tzinfo is None:
+            msg = f"{name} needs a UTC offset (RFC 3339), e.g. 2026-01-01T00:00:00+07:00"
+            raise ValidationProblem(msg, [{"loc": ["query", name], "msg": msg}])
     if f.created_after:
         stmt = stmt.where(col(t.created_at) >= f.created_after)
     if f.created_before:
@@ -158,7 +163,7 @@ async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
     after = decode_cursor(cursor, 2)
     created, ident = col(t.created_at), col(t.id)
     if after is not None:
-        at = datetime.fromisoformat(str(after[0]))
+        at = _cursor_time(after[0])
         stmt = stmt.where(keyset(created, ident, [at, str(after[1])], ascending=f.ascending))
     order = (created.asc(), ident.asc()) if f.ascending else (created.desc(), ident.desc())
     rows = list((await session.exec(stmt.order_by(*order).limit(limit + 1))).all())
@@ -168,6 +173,18 @@ async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
         next_cursor = encode_cursor([last.created_at.isoformat(), last.id])
     return Page(items=[IncidentPublic.model_validate(r) for r in rows[:limit]],
                 next_cursor=next_cursor)
+
+
+def _cursor_time(value: Any) -> datetime:
+    """The timestamp inside a cursor; a cursor we did not issue is a 422, never a 500."""
+    try:
+        at = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise ValidationProblem("cursor is not one this API returned",
+                                [{"loc": ["query", "cursor"], "msg": "invalid cursor"}])
+    return at
 
 
 def _scope_agency(principal: Principal) -> str | None:
@@ -408,7 +425,7 @@ async def list_proposals(session: AsyncSession, status: str | None, incident_id:
         stmt = stmt.where(Proposal.incident_id == incident_id)
     after = decode_cursor(cursor, 2)
     if after is not None:
-        at = datetime.fromisoformat(str(after[0]))
+        at = _cursor_time(after[0])
         stmt = stmt.where(keyset(col(Proposal.proposed_at), col(Proposal.id), [at, str(after[1])],
                                  ascending=False))
     stmt = stmt.order_by(col(Proposal.proposed_at).desc(), col(Proposal.id).desc()).limit(limit + 1)

@@ -1,13 +1,89 @@
-"""Matching events to subscriptions (filled in with the subscriptions table)."""
+"""Which subscriptions receive an event (workflow.md, "Notifications" and escalation levels).
+
+A subscription matches an event of a type it names, at or above its minimum severity, in one
+of its categories (if it names any), and within its scope: `all`, or `involved` when its
+agency is the incident's lead or an affected agency. Escalation adds recipients of
+`incident.escalated` whatever their scope: from level 1 the communications authority's
+subscriptions, from level 2 also the Government Office's. It never removes any.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.notifications.models import Event
+from app.core.ids import new_id
+from app.notifications.models import Delivery, DeliveryStatus, Event, Subscription
+from workflows.registry import SEVERITY_RANK
+
+ESCALATED = "incident.escalated"
+
+
+@dataclass(frozen=True, slots=True)
+class Authorities:
+    communications: str = "MIC"
+    government_office: str = "VPCP"
+
+
+def matches(sub: Subscription, event_type: str, incident: dict[str, Any], level: int,
+            authorities: Authorities) -> bool:
+    if event_type not in sub.events:
+        return False
+    severity = incident.get("severity")
+    if sub.min_severity and severity and SEVERITY_RANK[severity] < SEVERITY_RANK[sub.min_severity]:
+        return False
+    if sub.categories and incident.get("category") not in sub.categories:
+        return False
+    if sub.scope == "all":
+        return True
+    involved = {incident.get("lead_agency"), *incident.get("affected_agencies", [])}
+    if sub.agency in involved:
+        return True
+    if event_type == ESCALATED:
+        if level >= 1 and sub.agency == authorities.communications:
+            return True
+        if level >= 2 and sub.agency == authorities.government_office:
+            return True
+    return False
+
+
+async def _active_subscriptions(session: AsyncSession) -> list[Subscription]:
+    # Loaded once per transaction: a batch of alerts emits many events.
+    cached: list[Subscription] | None = session.info.get("subscriptions")
+    if cached is None:
+        rows = await session.exec(select(Subscription).where(Subscription.active == True))  # noqa: E712
+        cached = list(rows.all())
+        session.info["subscriptions"] = cached
+    return cached
 
 
 async def fan_out(session: AsyncSession, event: Event, incident: dict[str, Any]) -> int:
-    return 0
+    """Add one pending delivery per matching subscription, in the caller's transaction."""
+    subs = await _active_subscriptions(session)
+    if not subs:
+        return 0
+    authorities: Authorities = session.info.get("authorities") or Authorities()
+    level = int(event.data.get("level", incident.get("escalation_level", 0)) or 0)
+    matched = [s for s in subs if matches(s, event.type, incident, level, authorities)]
+    if not matched:
+        return 0
+    if event.seq is None:
+        await session.flush()  # the delivery rows refer to the event's sequence number
+    assert event.seq is not None
+    session.add_all(
+        Delivery(
+            id=new_id(),
+            event_seq=event.seq,
+            subscription_id=s.id,
+            incident_id=event.incident_id,
+            status=DeliveryStatus.pending,
+            next_attempt_at=event.at,
+            created_at=event.at,
+            window_started_at=event.at,
+        )
+        for s in matched
+    )
+    return len(matched)

@@ -115,8 +115,9 @@ class HttpReceiver:
     one-shot replies queued by `push_response()`. `hang_seconds` delays every reply (released
     early by `stop()`)."""
 
-    def __init__(self, host: str = "127.0.0.1", path: str = "/hook") -> None:
+    def __init__(self, host: str = "127.0.0.1", path: str = "/hook", port: int = 0) -> None:
         self.host = host
+        self._port = port
         self.path = path
         self.requests: list[ReceivedRequest] = []
         self.hang_seconds = 0.0
@@ -142,7 +143,9 @@ class HttpReceiver:
 
     def start(self) -> Self:
         self._release.clear()
-        self._server = _Server((self.host, 0), _Handler)
+        # Restarting keeps the port, so a test can take the receiver down and bring it back.
+        self._server = _Server((self.host, self._port), _Handler)
+        self._port = int(self._server.server_address[1])
         self._server.receiver = self
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
