@@ -106,6 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # the default backlog of 5 resets connections under load
     block_on_close = False  # stop() must not wait for a handler that is hanging on purpose
     receiver: HttpReceiver
 
