@@ -11,6 +11,8 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.agencies.router import router as agencies_router
+from app.alerts.router import router as alerts_router
+from app.alerts.writer import IngestWriter
 from app.auth.cache import KeyCache
 from app.core.config import Settings, get_settings
 from app.bootstrap import open_database
@@ -58,12 +60,15 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         http = make_http_client(settings)
         app.state.notifiers = NotifierRegistry(NotifierContext(settings=settings, http=http))
         app.state.worker = None
+        app.state.ingest = IngestWriter(db, env, settings.group_by, settings.raw_alert_max_bytes)
+        app.state.ingest.start()
         if run_worker:
             app.state.worker = Worker(db, settings, registry=app.state.notifiers)
             app.state.worker.start()
         try:
             yield
         finally:
+            await app.state.ingest.stop()
             if app.state.worker is not None:
                 await app.state.worker.stop()
             await app.state.notifiers.aclose()
@@ -89,6 +94,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     api.include_router(build_incidents_router(workflows))
     api.include_router(workflows_router)
     api.include_router(notifications_router)
+    api.include_router(alerts_router)
     app.include_router(api)
     app.include_router(_ops_router())
     app.add_middleware(IdempotencyMiddleware)

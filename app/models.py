@@ -1,6 +1,7 @@
 """Every table model, imported in one place for Alembic and the schema tests."""
 
 from app.agencies.models import Agency
+from app.alerts.models import Alert, AlertKey, WebhookReceipt
 from app.auth.models import ApiKey
 from app.deadlines.models import Deadline
 from app.incidents.models import (
@@ -16,6 +17,8 @@ from app.notifications.models import Delivery, DeliveryAttempt, Event, Subscript
 
 __all__ = [  # noqa: RUF022
     "Agency",
+    "Alert",
+    "AlertKey",
     "ApiKey",
     "Deadline",
     "Delivery",
@@ -29,4 +32,5 @@ __all__ = [  # noqa: RUF022
     "Subscription",
     "Response",
     "TimelineEntry",
+    "WebhookReceipt",
 ]

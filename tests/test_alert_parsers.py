@@ -487,6 +487,7 @@ def test_cap_valid_vietnamese_alert() -> None:
         "agencies": "MOLISA, VSS ,MOLISA,,MOH",
         "topic": "chinh-sach-bao-hiem",
         "cap_event": "Tin giả lan truyền",
+        "cap_status": "Actual",
     }
     assert parsed.metrics == {}
     assert parsed.raw == document.decode("utf-8")
@@ -503,7 +504,7 @@ def test_cap_update_without_xml_declaration() -> None:
     assert parsed.severity == "critical"
     assert parsed.category == "other"
     assert parsed.lead_agency is None
-    assert parsed.labels == {"cap_event": "Tin giả lan truyền"}
+    assert parsed.labels == {"cap_event": "Tin giả lan truyền", "cap_status": "Actual"}
 
 
 def test_cap_cancel_resolves_and_lists_every_reference() -> None:
@@ -678,7 +679,8 @@ def test_cap_several_infos_take_first_texts_and_worst_severity() -> None:
     assert parsed.lead_agency == "MIC"
     assert parsed.category == "crisis"
     assert parsed.links == ["https://example.org/en"]
-    assert parsed.labels == {"agency": "MIC", "category": "crisis", "cap_event": "Sự kiện"}
+    assert parsed.labels == {"agency": "MIC", "category": "crisis", "cap_event": "Sự kiện",
+                             "cap_status": "Actual"}
 
 
 def test_cap_utf16_document_round_trips() -> None:

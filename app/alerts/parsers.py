@@ -266,6 +266,8 @@ def parse_cap(document: bytes | str) -> ParsedAlert:
             # first (the sender's primary language) wins.
             labels.setdefault(name, value)
     labels["cap_event"] = first.event
+    # Test, Exercise, Draft and System messages must not open real incidents.
+    labels["cap_status"] = cap.status
     lead, affected = _agencies(labels)
 
     title = next((info.headline for info in cap.infos if info.headline), first.event)

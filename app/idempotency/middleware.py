@@ -103,7 +103,7 @@ async def _read_body(receive: Receive) -> bytes:
 async def _reserve(db: Database, principal: str, key: str, digest: str) -> Any:
     """Reserve the key; or return the stored record to replay; or raise a problem."""
     now = utcnow()
-    table = IdempotencyRecord.__table__
+    table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
     insert = sqlite_insert if db.is_sqlite else pg_insert
     async with db.transaction() as session:
         await session.execute(
@@ -112,8 +112,9 @@ async def _reserve(db: Database, principal: str, key: str, digest: str) -> Any:
         )
         stmt = insert(table).values(principal=principal, key=key, request_hash=digest,
                                     status=None, headers={}, body=None, created_at=now)
-        result = await session.execute(stmt.on_conflict_do_nothing())
-        if result.rowcount == 1:  # type: ignore[attr-defined]
+        # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement.
+        inserted = await session.execute(stmt.on_conflict_do_nothing().returning(table.c.key))
+        if inserted.first() is not None:
             return None
         row = (await session.execute(
             sa.select(table).where(table.c.principal == principal, table.c.key == key)
@@ -139,7 +140,7 @@ async def _send_replay(row: Any, scope: Scope, receive: Receive, send: Send) -> 
 
 
 async def _finish(db: Database, principal: str, key: str, captured: dict[str, Any]) -> None:
-    table = IdempotencyRecord.__table__
+    table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
     where = sa.and_(table.c.principal == principal, table.c.key == key)
     status = int(captured["status"])
     try:

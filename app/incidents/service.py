@@ -221,7 +221,10 @@ async def _replace_agencies(session: AsyncSession, inc: Incident) -> None:
 
 async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor: str,
                  *, workflow: str | None = None, group_key: str | None = None,
-                 now: datetime | None = None, check_agencies: bool = True) -> Incident:
+                 now: datetime | None = None, check_agencies: bool = True,
+                 origin: dict[str, Any] | None = None) -> Incident:
+    """Open an incident in the workflow's initial state. `origin` describes the alert that
+    opened it (the incident then starts with that alert counted)."""
     now = now or utcnow()
     if check_agencies:
         await require_agencies(session, [item_in.lead_agency], loc=["body", "lead_agency"])
@@ -242,12 +245,16 @@ async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor
             "updated_at": now,
             "state_changed_at": now,
             "group_key": group_key,
+            "alert_count": 1 if origin else 0,
+            "first_alert_at": now if origin else None,
+            "last_alert_at": now if origin else None,
         },
     )
     session.add(inc)
     _set_agencies(session, inc, replace=True)
     timeline.append(session, inc, at=now, actor=actor, kind="created", to_state=inc.state.value,
-                    data={"severity": inc.severity.value, "category": inc.category.value})
+                    data={"severity": inc.severity.value, "category": inc.category.value,
+                          **({"alert": origin} if origin else {})})
     await session.flush()
     await deadlines.start_for_state(session, wf, inc, wf.initial, now, env.overrides)
     await session.flush()

@@ -1,0 +1,272 @@
+"""Turning parsed alerts into incidents (api.md, "Alerts"), in order, also within a batch:
+
+1. a firing alert whose fingerprint leads to an open incident attaches to it (deduplicated);
+2. else one whose grouping labels lead to an open incident attaches to it;
+3. else it opens a new incident in `detected`;
+4. a resolved alert marks the alert it names resolved (never closing the incident).
+
+The keys live in `alert_key`, so each decision is one indexed lookup whatever the storm's
+size. The caller's transaction is the boundary: a batch is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.agencies.models import Agency
+from app.alerts.models import Alert, AlertKey, AlertPublic, AlertResult
+from app.alerts.parsers import ParsedAlert
+from app.core.ids import new_id
+from app.core.jsonutil import dumps
+from app.core.metrics import ALERTS
+from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
+from app.deadlines import service as deadlines
+from app.incidents import service as incidents
+from app.incidents import timeline
+from app.incidents.models import Incident, IncidentCreate, Severity, State
+from workflows.registry import SEVERITY_RANK
+
+IGNORED_CAP_TYPES = {"Ack", "Error"}
+# Serialises alert ingestion across API processes on PostgreSQL, so two processes never
+# both open an incident for one new fingerprint. (SQLite has one writer anyway.)
+INGEST_LOCK_ID = 0x0C415E
+
+
+@dataclass
+class IngestContext:
+    env: incidents.Env
+    group_by: list[str]
+    raw_max_bytes: int
+    actor: str
+    key_id: str | None
+    now: datetime
+
+
+def group_key(alert: ParsedAlert, group_by: list[str]) -> str | None:
+    if not group_by or any(not alert.labels.get(label) for label in group_by):
+        return None
+    return "|".join(f"{label}={alert.labels[label]}" for label in group_by)
+
+
+def _raw_text(alert: ParsedAlert, limit: int) -> str:
+    text = alert.raw if isinstance(alert.raw, str) else dumps(alert.raw).decode()
+    if len(text.encode()) > limit:
+        # Keep valid UTF-8 while capping: audit needs the start of the payload, not all of it.
+        text = text.encode()[:limit].decode("utf-8", "ignore") + "…[truncated]"
+    return text
+
+
+@dataclass
+class _Batch:
+    """What one ingest transaction knows: key → open incident, and the locked incidents."""
+
+    keys: dict[tuple[str, str], str] = field(default_factory=dict)
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    new_keys: dict[tuple[str, str], str] = field(default_factory=dict)
+    known_agencies: set[str] = field(default_factory=set)
+
+
+async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
+                groups: list[str | None]) -> _Batch:
+    batch = _Batch()
+    if ctx.env.dialect == "postgresql":
+        await session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_ID})
+    fps = {a.fingerprint for a in alerts} | {r for a in alerts for r in a.references}
+    wanted = [("fp", k) for k in fps] + [("group", g) for g in set(groups) if g]
+    k = AlertKey.__table__
+    i = Incident.__table__
+    for chunk_start in range(0, len(wanted), 500):
+        chunk = wanted[chunk_start:chunk_start + 500]
+        rows = await session.execute(
+            sa.select(k.c.kind, k.c.key, k.c.incident_id)
+            .join(i, i.c.id == k.c.incident_id)
+            .where(sa.tuple_(k.c.kind, k.c.key).in_(chunk), i.c.state != State.closed.value)
+        )
+        batch.keys.update({(r.kind, r.key): r.incident_id for r in rows})
+    await _lock_incidents(session, batch, set(batch.keys.values()))
+    batch.known_agencies = set((await session.exec(select(Agency.code))).all())
+    return batch
+
+
+async def _lock_incidents(session: AsyncSession, batch: _Batch, ids: set[str]) -> None:
+    missing = sorted(ids - set(batch.incidents))
+    if not missing:
+        return
+    stmt = select(Incident).where(col(Incident.id).in_(missing)).order_by(col(Incident.id))
+    for inc in (await session.exec(stmt.with_for_update())).all():
+        batch.incidents[inc.id] = inc
+
+
+def _point(batch: _Batch, kind: str, key: str | None, incident_id: str) -> None:
+    if key is not None and batch.keys.get((kind, key)) != incident_id:
+        batch.keys[(kind, key)] = incident_id
+        batch.new_keys[(kind, key)] = incident_id
+
+
+async def ingest(session: AsyncSession, ctx: IngestContext,
+                 alerts: list[ParsedAlert]) -> list[AlertResult]:
+    groups = [group_key(a, ctx.group_by) for a in alerts]
+    batch = await _load(session, ctx, alerts, groups)
+    results: list[AlertResult] = []
+    rows: list[Alert] = []
+    for alert, group in zip(alerts, groups, strict=True):
+        result = await _one(session, ctx, batch, alert, group, rows)
+        results.append(result)
+        ALERTS.labels(alert.format, "deduplicated" if result.deduplicated else result.status).inc()
+    session.add_all(rows)
+    await _save_keys(session, ctx, batch)
+    await session.flush()
+    return results
+
+
+async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
+               group: str | None, rows: list[Alert]) -> AlertResult:
+    row = Alert(
+        id=new_id(), format=alert.format, source=alert.source, fingerprint=alert.fingerprint,
+        group_key=group, status=alert.status, severity=alert.severity, category=alert.category,
+        title=alert.title, labels=alert.labels, raw=_raw_text(alert, ctx.raw_max_bytes),
+        observed_at=alert.observed_at, received_at=ctx.now, received_by=ctx.key_id,
+    )
+    cap_status = alert.labels.get("cap_status", "Actual") if alert.format == "cap" else "Actual"
+    if cap_status != "Actual" or alert.msg_type in IGNORED_CAP_TYPES:
+        row.status = "ignored"
+        rows.append(row)
+        return AlertResult(alert_id=row.id, incident_id=None, deduplicated=False, status="ignored")
+    if alert.status == "resolved":
+        return await _resolve(session, ctx, batch, alert, row, rows)
+
+    names = [*alert.references, alert.fingerprint] if alert.msg_type == "Update" \
+        else [alert.fingerprint]
+    incident_id = next((batch.keys[("fp", n)] for n in names if ("fp", n) in batch.keys), None)
+    deduplicated = incident_id is not None
+    if incident_id is None and group is not None:
+        incident_id = batch.keys.get(("group", group))
+    if incident_id is None:
+        inc = await _open_incident(session, ctx, batch, alert, group)
+    else:
+        await _lock_incidents(session, batch, {incident_id})
+        inc = batch.incidents[incident_id]
+        await _attach(session, ctx, inc, alert)
+    _point(batch, "fp", alert.fingerprint, inc.id)
+    _point(batch, "group", group, inc.id)
+    row.incident_id = inc.id
+    row.deduplicated = deduplicated
+    rows.append(row)
+    return AlertResult(alert_id=row.id, incident_id=inc.id, deduplicated=deduplicated,
+                       status="firing")
+
+
+async def _open_incident(session: AsyncSession, ctx: IngestContext, batch: _Batch,
+                         alert: ParsedAlert, group: str | None) -> Incident:
+    # Unknown agency codes stay in the labels and are left out of routing.
+    lead = alert.lead_agency if alert.lead_agency in batch.known_agencies else None
+    affected = [a for a in alert.affected_agencies if a in batch.known_agencies and a != lead]
+    item = IncidentCreate(
+        title=alert.title, description=alert.description, severity=Severity(alert.severity),
+        category=alert.category,  # type: ignore[arg-type]
+        lead_agency=lead, affected_agencies=affected, links=alert.links[:50],
+    )
+    origin = {"source": alert.source, "fingerprint": alert.fingerprint, "format": alert.format}
+    inc = await incidents.create(session, ctx.env, item, ctx.actor, group_key=group, now=ctx.now,
+                                 check_agencies=False, origin=origin)
+    batch.incidents[inc.id] = inc
+    return inc
+
+
+async def _attach(session: AsyncSession, ctx: IngestContext, inc: Incident,
+                  alert: ParsedAlert) -> None:
+    inc.alert_count += 1
+    inc.last_alert_at = ctx.now
+    inc.first_alert_at = inc.first_alert_at or ctx.now
+    if (inc.state == State.detected
+            and SEVERITY_RANK[alert.severity] > SEVERITY_RANK[inc.severity.value]):
+        previous = inc.severity.value
+        inc.severity = Severity(alert.severity)
+        timeline.append(session, inc, at=ctx.now, actor=ctx.actor, kind="severity_raised",
+                        data={"from": previous, "to": alert.severity,
+                              "fingerprint": alert.fingerprint, "source": alert.source})
+        wf = ctx.env.workflows.get(inc.workflow, inc.workflow_version)
+        await session.flush()
+        await deadlines.on_trigger(session, wf, inc, "", None, ctx.now, ctx.env.overrides)
+    session.add(inc)
+
+
+async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
+                   row: Alert, rows: list[Alert]) -> AlertResult:
+    names = alert.references if alert.msg_type == "Cancel" else [alert.fingerprint]
+    incident_id = next((batch.keys[("fp", n)] for n in names if ("fp", n) in batch.keys), None)
+    if incident_id is None:
+        # Nothing open to resolve: keep the message for audit only.
+        rows.append(row)
+        return AlertResult(alert_id=row.id, incident_id=None, deduplicated=False,
+                           status="resolved")
+    await _lock_incidents(session, batch, {incident_id})
+    a = Alert.__table__
+    updated = await session.execute(
+        sa.update(a)
+        .where(a.c.incident_id == incident_id, a.c.fingerprint.in_(names),
+               a.c.status == "firing")
+        .values(status="resolved", resolved_at=ctx.now)
+        .returning(a.c.id)
+    )
+    ids = [r[0] for r in updated.all()]
+    # Rows still waiting in this batch's list were never flushed: resolve them too.
+    for pending in rows:
+        if pending.incident_id == incident_id and pending.fingerprint in names \
+                and pending.status == "firing":
+            pending.status, pending.resolved_at = "resolved", ctx.now
+            ids.append(pending.id)
+    inc = batch.incidents[incident_id]
+    timeline.append(session, inc, at=ctx.now, actor=ctx.actor, kind="alert_resolved",
+                    data={"fingerprint": alert.fingerprint, "source": alert.source,
+                          "alerts": len(ids)})
+    session.add(inc)
+    alert_id = ids[-1] if ids else row.id
+    if not ids:
+        row.incident_id, row.status = incident_id, "resolved"
+        rows.append(row)
+    return AlertResult(alert_id=alert_id, incident_id=incident_id, deduplicated=True,
+                       status="resolved")
+
+
+async def _save_keys(session: AsyncSession, ctx: IngestContext, batch: _Batch) -> None:
+    if not batch.new_keys:
+        return
+    table = AlertKey.__table__
+    insert = pg_insert if ctx.env.dialect == "postgresql" else sqlite_insert
+    values = [{"kind": k, "key": key, "incident_id": v} for (k, key), v in batch.new_keys.items()]
+    for start in range(0, len(values), 500):
+        stmt = insert(table).values(values[start:start + 500])
+        stmt = stmt.on_conflict_do_update(index_elements=["kind", "key"],
+                                          set_={"incident_id": stmt.excluded.incident_id})
+        await session.execute(stmt)
+
+
+async def list_for_incident(session: AsyncSession, incident_id: str, limit: int,
+                            cursor: str | None) -> Page[AlertPublic]:
+    stmt = select(Alert).where(Alert.incident_id == incident_id)
+    after = decode_cursor(cursor, 2)
+    if after is not None:
+        at = datetime.fromisoformat(str(after[0]))
+        stmt = stmt.where(keyset(col(Alert.received_at), col(Alert.id), [at, str(after[1])],
+                                 ascending=False))
+    stmt = stmt.order_by(col(Alert.received_at).desc(), col(Alert.id).desc()).limit(limit + 1)
+    found = list((await session.exec(stmt)).all())
+    next_cursor = None
+    if len(found) > limit:
+        last = found[limit - 1]
+        next_cursor = encode_cursor([last.received_at.isoformat(), last.id])
+    return Page(items=[AlertPublic.model_validate(r) for r in found[:limit]],
+                next_cursor=next_cursor)
+
+
+def result_body(results: list[AlertResult]) -> dict[str, Any]:
+    return {"results": [r.model_dump() for r in results]}
