@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from app.core.config import Settings
 from app.core.db import Database
+from app.incidents.service import Env
 from app.notifications.fanout import Authorities
+from workflows.engine import WorkflowRegistry
+from workflows.sla import parse_overrides
 
 
 def open_database(settings: Settings, *, pool_size: int = 10) -> Database:
@@ -17,4 +20,14 @@ def open_database(settings: Settings, *, pool_size: int = 10) -> Database:
                 government_office=settings.government_office,
             )
         },
+    )
+
+
+def build_env(settings: Settings, workflows: WorkflowRegistry | None = None) -> Env:
+    """Load and validate the workflow definitions (a bad one stops start-up here)."""
+    return Env(
+        workflows=workflows or WorkflowRegistry.load(),
+        overrides=parse_overrides(settings.sla_overrides),
+        zone=settings.zone,
+        dialect="sqlite" if settings.is_sqlite else "postgresql",
     )

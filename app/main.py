@@ -15,20 +15,17 @@ from app.alerts.router import router as alerts_router
 from app.alerts.writer import IngestWriter
 from app.auth.cache import KeyCache
 from app.core.config import Settings, get_settings
-from app.bootstrap import open_database
+from app.bootstrap import build_env, open_database
 from app.core.db import Database
 from app.core.errors import Unavailable, install_error_handlers, problem_response
 from app.core.middleware import RequestContextMiddleware
 from app.idempotency.middleware import IdempotencyMiddleware
 from app.core.migrate import current_revisions, head_revisions
 from app.incidents.router import build_router as build_incidents_router
-from app.incidents.service import Env
 from app.notifications.router import router as notifications_router
 from app.worker import Worker
 from app.workflows.router import router as workflows_router
 from notifiers.base import NotifierContext, NotifierRegistry, make_http_client
-from workflows.engine import WorkflowRegistry
-from workflows.sla import parse_overrides
 
 log = logging.getLogger("crisisflow")
 
@@ -43,13 +40,8 @@ Errors are RFC 9457 `application/problem+json`."""
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = False) -> FastAPI:
     settings = settings or get_settings()
-    workflows = WorkflowRegistry.load()
-    env = Env(
-        workflows=workflows,
-        overrides=parse_overrides(settings.sla_overrides),
-        zone=settings.zone,
-        dialect="sqlite" if settings.is_sqlite else "postgresql",
-    )
+    env = build_env(settings)
+    workflows = env.workflows
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,7 +55,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         app.state.ingest = IngestWriter(db, env, settings.group_by, settings.raw_alert_max_bytes)
         app.state.ingest.start()
         if run_worker:
-            app.state.worker = Worker(db, settings, registry=app.state.notifiers)
+            app.state.worker = Worker(db, settings, registry=app.state.notifiers, env=env)
             app.state.worker.start()
         try:
             yield

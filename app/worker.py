@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.errors import is_database_unavailable
+from app.deadlines.firing import fire_due
+from app.incidents.service import Env
 from app.notifications import delivery
 from notifiers.base import DeliveryResult, NotifierContext, NotifierRegistry, make_http_client
 
@@ -28,7 +30,8 @@ class Worker:
     and records results in small batches, so one slow receiver never holds up the others."""
 
     def __init__(self, db: Database, settings: Settings, *,
-                 registry: NotifierRegistry | None = None, name: str | None = None) -> None:
+                 registry: NotifierRegistry | None = None, name: str | None = None,
+                 env: Env | None = None) -> None:
         self.db = db
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{id(self) % 10000}"
@@ -43,6 +46,8 @@ class Worker:
         self._results: asyncio.Queue[tuple[delivery.Claimed, DeliveryResult]] = asyncio.Queue()
         self._in_flight: set[asyncio.Task[None]] = set()
         self.deadline_hooks: list[Callable[[Database], Awaitable[int]]] = []
+        if env is not None:
+            self.deadline_hooks.append(lambda db: fire_due(db, env))
 
     def wake(self) -> None:
         self._wake.set()
@@ -159,12 +164,12 @@ class Worker:
 
 
 async def run_forever(settings: Settings) -> None:
-    from app.bootstrap import open_database
+    from app.bootstrap import build_env, open_database
 
     import signal
 
     db = open_database(settings)
-    worker = Worker(db, settings)
+    worker = Worker(db, settings, env=build_env(settings))
     worker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -59,6 +59,7 @@ async def apply_assessment(ctx: ActionContext) -> None:
     if affected is not None:
         inc.affected_agencies = list(dict.fromkeys(affected))
         ctx.agencies_changed = True
+    inc.assessed_at = inc.assessed_at or ctx.now
     inc.assessment = {
         "summary": p["summary"],
         "reach": p.get("reach"),

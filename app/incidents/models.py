@@ -98,6 +98,7 @@ class Incident(IncidentBase, table=True):
     last_alert_at: datetime | None = Field(default=None, sa_column=dt_column(nullable=True))
     group_key: str | None = Field(default=None, max_length=200)
     first_response_at: datetime | None = Field(default=None, sa_column=dt_column(nullable=True))
+    assessed_at: datetime | None = Field(default=None, sa_column=dt_column(nullable=True))
     created_by: str = Field(max_length=300)
     created_at: datetime = Field(sa_column=dt_column(nullable=False))
     updated_at: datetime = Field(sa_column=dt_column(nullable=False))
@@ -188,6 +189,7 @@ class IncidentPublic(IncidentEditable):
     first_alert_at: datetime | None
     last_alert_at: datetime | None
     first_response_at: datetime | None
+    assessed_at: datetime | None = None
     created_by: str
     created_at: datetime
     updated_at: datetime

@@ -28,6 +28,9 @@ class Event(SQLModel, table=True):
     agencies: list[str] = Field(default_factory=list, sa_column=json_column(nullable=False))
     severity: str | None = Field(default=None, max_length=16)
     data: dict[str, Any] = Field(default_factory=dict, sa_column=json_column(nullable=False))
+    # Events that must happen once per cause (a deadline firing) carry a unique key, so a
+    # second worker or a restart cannot emit them twice.
+    dedup_key: str | None = Field(default=None, max_length=100, unique=True)
 
 
 class EventPublic(SQLModel):

@@ -19,6 +19,7 @@ async def emit(
     at: datetime,
     incident: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
+    dedup_key: str | None = None,
 ) -> Event:
     data: dict[str, Any] = {"incident": incident} if incident is not None else {}
     data.update(extra or {})
@@ -36,6 +37,7 @@ async def emit(
         agencies=sorted(set(agencies)),
         severity=severity,
         data=data,
+        dedup_key=dedup_key,
     )
     session.add(event)
     from app.notifications.fanout import fan_out
