@@ -23,6 +23,8 @@ from app.idempotency.middleware import IdempotencyMiddleware
 from app.core.migrate import current_revisions, head_revisions
 from app.incidents.router import build_router as build_incidents_router
 from app.notifications.router import router as notifications_router
+from app.reports.router import router as reports_router
+from app.reports.stream import Broadcaster
 from app.worker import Worker
 from app.workflows.router import router as workflows_router
 from notifiers.base import NotifierContext, NotifierRegistry, make_http_client
@@ -49,6 +51,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         app.state.db = db
         app.state.env = env
         app.state.heads = head_revisions()
+        app.state.broadcaster = Broadcaster()
+        db.event_listeners.append(app.state.broadcaster.notify)
         http = make_http_client(settings)
         app.state.notifiers = NotifierRegistry(NotifierContext(settings=settings, http=http))
         app.state.worker = None
@@ -87,6 +91,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     api.include_router(workflows_router)
     api.include_router(notifications_router)
     api.include_router(alerts_router)
+    api.include_router(reports_router)
     app.include_router(api)
     app.include_router(_ops_router())
     app.add_middleware(IdempotencyMiddleware)
