@@ -106,6 +106,8 @@ def serve(
         access_log=False,
         log_config=None,
         proxy_headers=False,
+        # Open event streams would otherwise hold a restart until their next heartbeat.
+        timeout_graceful_shutdown=5,
     )
 
 

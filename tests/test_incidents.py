@@ -717,17 +717,20 @@ def test_agency_scoped_viewer_sees_only_its_incidents(client: TestClient, duty: 
     assert get_incident(client, everyone, nobody["id"])["id"] == nobody["id"]
 
 
-@pytest.mark.xfail(reason="GET /incidents/{id}/alerts is not implemented yet (alerts are the "
-                          "other engineer's work); an out-of-scope viewer must get 404 there",
-                   strict=True)
-def test_agency_scoped_viewer_gets_404_on_alerts_of_others(
+def test_agency_scoped_viewer_gets_404_on_alerts_and_notifications_of_others(
         client: TestClient, duty: Headers, make_key: MakeKey) -> None:
     mine = open_incident(client, duty, lead_agency="MOH")
     other = open_incident(client, duty, lead_agency="MOF")
     viewer = make_key("viewer", agency="MOH")
-    assert client.get(f"{API}/incidents/{mine['id']}/alerts", headers=viewer).status_code == 200
-    resp = client.get(f"{API}/incidents/{other['id']}/alerts", headers=viewer)
-    assert_problem(resp, 404, "/problems/not-found")
+    for path in ("alerts", "notifications"):
+        resp = client.get(f"{API}/incidents/{mine['id']}/{path}", headers=viewer)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["items"] == []
+        resp = client.get(f"{API}/incidents/{other['id']}/{path}", headers=viewer)
+        assert_problem(resp, 404, "/problems/not-found")
+        # the same answer as for an incident that does not exist at all
+        assert client.get(f"{API}/incidents/nope/{path}", headers=viewer).json()["type"] == (
+            "/problems/not-found")
 
 
 # -- 8. search --------------------------------------------------------------------------

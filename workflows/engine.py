@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, create_model, model_validator
@@ -22,7 +22,7 @@ from transitions import Machine, MachineError
 
 from app.core.config import parse_duration
 from workflows import guards as _default_guards  # noqa: F401  (registers the guards)
-from workflows.registry import ACTIONS, GUARDS, SEVERITY_RANK, GuardContext
+from workflows.registry import ACTIONS, GUARDS, SEVERITY_RANK, STATES, GuardContext
 from workflows.sla import SEVERITIES, Overrides
 
 DEFINITIONS_DIR = Path(__file__).resolve().parent / "definitions"
@@ -39,10 +39,12 @@ class DefinitionError(ValueError):
 
 class _LineDict(dict[str, Any]):
     line: int = 0
+    key_lines: dict[Any, int]
 
 
 class _LineList(list[Any]):
     line: int = 0
+    item_lines: list[int]
 
 
 class _Loader(yaml.SafeLoader):
@@ -50,14 +52,28 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
-    out = _LineDict(loader.construct_mapping(node, deep=True))
+    loader.flatten_mapping(node)
+    key_lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = key_lines.get(key)
+        except TypeError:  # an unhashable key: construct_mapping below says so
+            continue
+        if seen is not None:  # PyYAML would silently keep the last one
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen})", key_node.start_mark)
+        key_lines[key] = key_node.start_mark.line + 1
+    out = _LineDict(cast(dict[str, Any], loader.construct_mapping(node, deep=True)))
     out.line = node.start_mark.line + 1
+    out.key_lines = key_lines
     return out
 
 
 def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _LineList:
     out = _LineList(loader.construct_sequence(node, deep=True))
     out.line = node.start_mark.line + 1
+    out.item_lines = [item.start_mark.line + 1 for item in node.value]
     return out
 
 
@@ -67,6 +83,19 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 def _line(node: Any, fallback: int = 1) -> int:
     return int(getattr(node, "line", 0) or fallback)
+
+
+def _key_line(node: Any, key: Any, fallback: int = 1) -> int:
+    """The line of `key` inside a mapping (or of the item `key` inside a list)."""
+    if isinstance(node, _LineList):
+        for item, line in zip(node, getattr(node, "item_lines", []), strict=False):
+            if item == key:
+                return int(line)
+    lines = getattr(node, "key_lines", None) or {}
+    try:
+        return int(lines.get(key) or _line(node, fallback))
+    except TypeError:
+        return _line(node, fallback)
 
 
 # -- payload schemas --------------------------------------------------------------------
@@ -91,7 +120,8 @@ def _field(spec: dict[str, Any], where: str) -> tuple[Any, Any]:
     annotation: Any
     if kind == "text":
         annotation = str
-        extra = {"min_length": 1 if required else 0, "max_length": int(spec.get("max_length", 5000))}
+        extra = {"min_length": 1 if required else 0,
+                 "max_length": int(spec.get("max_length", 5000))}
     elif kind == "severity":
         annotation = Severity
     elif kind == "category":
@@ -124,10 +154,11 @@ def _field(spec: dict[str, Any], where: str) -> tuple[Any, Any]:
     return annotation | None, Field(default, **extra)
 
 
-def _payload_model(trigger: str, fields: dict[str, Any], where: str) -> type[PayloadBase]:
+def _payload_model(trigger: str, fields: dict[str, Any], source: str) -> type[PayloadBase]:
     spec: dict[str, Any] = {"trigger": (Literal[trigger], Field(...))}  # type: ignore[valid-type]
     required_if: list[tuple[str, str, Any]] = []
     for name, fspec in (fields or {}).items():
+        where = f"{source}:{_key_line(fields, name)}: payload of {trigger!r}"
         if not isinstance(fspec, dict):
             raise DefinitionError(f"{where}: field {name!r} needs a mapping like {{type: text}}")
         spec[name] = _field(fspec, f"{where}: field {name!r}")
@@ -140,7 +171,8 @@ def _payload_model(trigger: str, fields: dict[str, Any], where: str) -> type[Pay
                 raise ValueError(f"{name} is required when {other} is {value}")
         return self
 
-    validators = {"_required_if": model_validator(mode="after")(check_required_if)}
+    validators: dict[str, Any] = {
+        "_required_if": model_validator(mode="after")(check_required_if)}
     title = "".join(p.capitalize() for p in trigger.split("_")) + "Payload"
     model: type[PayloadBase] = create_model(  # type: ignore[call-overload]
         title, __base__=PayloadBase, __validators__=validators, **spec
@@ -260,8 +292,8 @@ class Workflow:
         chosen = next((t for t in candidates if self.first_failed_guard(t, ctx) is None), None)
         if chosen is None:
             failed = self.first_failed_guard(candidates[0], ctx)
-            raise GuardRefused(trigger, ctx.state, failed or "unknown", GUARDS[failed or ""].description
-                               if failed in GUARDS else "")
+            description = GUARDS[failed].description if failed in GUARDS else ""
+            raise GuardRefused(trigger, ctx.state, failed or "unknown", description)
         adapter = _Adapter(ctx.state, ctx)
         try:
             moved = self.machine.events[trigger].trigger(adapter)
@@ -349,7 +381,7 @@ def _as_list(value: Any) -> list[Any]:
 
 def parse_definition(text: str, source: str = "<string>") -> Workflow:
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506  (_Loader is a SafeLoader)
+        doc = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -357,8 +389,17 @@ def parse_definition(text: str, source: str = "<string>") -> Workflow:
     if not isinstance(doc, dict):
         raise DefinitionError(f"{source}:1: a workflow definition is a mapping")
 
-    def err(node: Any, message: str) -> DefinitionError:
-        return DefinitionError(f"{source}:{_line(node, _line(doc))}: {message}")
+    def err(node: Any, message: str, key: Any = None) -> DefinitionError:
+        """An error at `node` (at its `key` when given: the offending line itself)."""
+        line = _line(node, _line(doc)) if key is None else _key_line(node, key, _line(doc))
+        return DefinitionError(f"{source}:{line}: {message}")
+
+    def mapping(node: Any, what: str, parent: Any, key: Any) -> dict[str, Any]:
+        if node is None:
+            return {}
+        if not isinstance(node, dict):
+            raise err(parent, f"{what} must be a mapping", key)
+        return node
 
     for key in ("name", "version", "initial", "states", "transitions"):
         if key not in doc:
@@ -367,17 +408,24 @@ def parse_definition(text: str, source: str = "<string>") -> Workflow:
     if isinstance(states_node, list):
         states = {str(s): "" for s in states_node}
     elif isinstance(states_node, dict):
-        states = {str(k): str((v or {}).get("description", "")) for k, v in states_node.items()}
+        states = {
+            str(k): str(mapping(v, f"state {k!r}", states_node, k).get("description", ""))
+            for k, v in states_node.items()
+        }
     else:
-        raise err(states_node, "states must be a list or a mapping")
+        raise err(doc, "states must be a list or a mapping", "states")
+    for s in states:
+        if STATES and s not in STATES:
+            raise err(states_node, f"state {s!r} cannot be stored: an incident's state is one "
+                                   f"of {', '.join(STATES)}", s)
     if doc["initial"] not in states:
-        raise err(doc, f"initial state {doc['initial']!r} is not a state")
+        raise err(doc, f"initial state {doc['initial']!r} is not a state", "initial")
     final = tuple(str(s) for s in _as_list(doc.get("final")))
     for s in final:
         if s not in states:
-            raise err(doc.get("final"), f"final state {s!r} is not a state")
+            raise err(doc, f"final state {s!r} is not a state", "final")
 
-    payload_nodes = doc.get("payloads") or {}
+    payload_nodes = mapping(doc.get("payloads"), "payloads", doc, "payloads")
     transitions: list[TransitionSpec] = []
     for node in _as_list(doc["transitions"]):
         if not isinstance(node, dict) or "trigger" not in node or "dest" not in node:
@@ -385,16 +433,20 @@ def parse_definition(text: str, source: str = "<string>") -> Workflow:
         sources = tuple(str(s) for s in _as_list(node.get("source")))
         if not sources:
             raise err(node, f"transition {node['trigger']!r} has no source")
-        for s in (*sources, *([] if node["dest"] == SAME else [node["dest"]])):
+        for s in sources:
             if s not in states:
-                raise err(node, f"transition {node['trigger']!r}: unknown state {s!r}")
+                raise err(node, f"transition {node['trigger']!r}: unknown state {s!r}", "source")
+        if node["dest"] != SAME and node["dest"] not in states:
+            raise err(node, f"transition {node['trigger']!r}: unknown state {node['dest']!r}",
+                      "dest")
         for g in _as_list(node.get("guards")):
             if g not in GUARDS:
                 raise err(node, f"transition {node['trigger']!r}: unknown guard {g!r} "
-                                f"(known: {', '.join(sorted(GUARDS))})")
+                                f"(known: {', '.join(sorted(GUARDS))})", "guards")
         for a in _as_list(node.get("actions")):
             if ACTIONS and a not in ACTIONS:
-                raise err(node, f"transition {node['trigger']!r}: unknown action {a!r}")
+                raise err(node, f"transition {node['trigger']!r}: unknown action {a!r}",
+                          "actions")
         transitions.append(
             TransitionSpec(
                 trigger=str(node["trigger"]),
@@ -410,11 +462,12 @@ def parse_definition(text: str, source: str = "<string>") -> Workflow:
 
     payloads: dict[str, type[PayloadBase]] = {}
     for trigger in {t.trigger for t in transitions}:
-        fields = payload_nodes.get(trigger) or {}
-        payloads[trigger] = _payload_model(trigger, fields, f"{source}:{_line(fields, _line(doc))}")
-    for trigger, node in payload_nodes.items():
+        fields = mapping(payload_nodes.get(trigger), f"payload of {trigger!r}", payload_nodes,
+                         trigger)
+        payloads[trigger] = _payload_model(trigger, fields, source)
+    for trigger in payload_nodes:
         if trigger not in payloads:
-            raise err(node, f"payload for unknown trigger {trigger!r}")
+            raise err(payload_nodes, f"payload for unknown trigger {trigger!r}", trigger)
 
     # Reachability and dead ends: every state reachable from the initial one, and every
     # state other than a final one has a way out.
@@ -429,38 +482,45 @@ def parse_definition(text: str, source: str = "<string>") -> Workflow:
                     frontier.append(there)
     for s in states:
         if s not in reachable:
-            raise err(states_node, f"state {s!r} is unreachable from {doc['initial']!r}")
+            raise err(states_node, f"state {s!r} is unreachable from {doc['initial']!r}", s)
         leaves = any(s in t.sources and t.destination(s) != s for t in transitions)
         if not leaves and s not in final:
-            raise err(states_node, f"state {s!r} is a dead end (no transition leaves it)")
+            raise err(states_node, f"state {s!r} is a dead end (no transition leaves it)", s)
 
     deadlines: dict[str, DeadlineSpec] = {}
     triggers = {t.trigger for t in transitions}
-    for clock, node in (doc.get("deadlines") or {}).items():
-        if not isinstance(node, dict) or node.get("starts_in") not in states:
-            raise err(node, f"deadline {clock!r}: starts_in must name a state")
+    deadline_nodes = mapping(doc.get("deadlines"), "deadlines", doc, "deadlines")
+    for clock, node in deadline_nodes.items():
+        node = mapping(node, f"deadline {clock!r}", deadline_nodes, clock)
+        if node.get("starts_in") not in states:
+            raise err(node, f"deadline {clock!r}: starts_in must name a state",
+                      "starts_in" if "starts_in" in node else None)
         met_by = tuple(str(m) for m in _as_list(node.get("met_by")))
         for m in met_by:
             if m not in triggers:
-                raise err(node, f"deadline {clock!r}: met_by names unknown trigger {m!r}")
+                raise err(node, f"deadline {clock!r}: met_by names unknown trigger {m!r}",
+                          "met_by")
         durations: dict[str, float | None] = {}
-        for sev, value in (node.get("durations") or {}).items():
+        duration_nodes = mapping(node.get("durations"), f"deadline {clock!r}: durations", node,
+                                 "durations")
+        for sev, value in duration_nodes.items():
             if sev not in SEVERITIES:
-                raise err(node, f"deadline {clock!r}: unknown severity {sev!r}")
+                raise err(duration_nodes, f"deadline {clock!r}: unknown severity {sev!r}", sev)
             try:
                 durations[sev] = None if value in (None, "none") else parse_duration(str(value))
             except ValueError as exc:
-                raise err(node, f"deadline {clock!r}.{sev}: {exc}") from None
+                raise err(duration_nodes, f"deadline {clock!r}.{sev}: {exc}", sev) from None
         deadlines[str(clock)] = DeadlineSpec(str(clock), node["starts_in"], met_by, durations)
 
-    settings = dict(doc.get("settings") or {})
+    settings = dict(mapping(doc.get("settings"), "settings", doc, "settings"))
     threshold = settings.get("task_force_threshold", "high")
     if threshold not in SEVERITY_RANK:
-        raise err(doc.get("settings"), f"task_force_threshold {threshold!r} is not a severity")
+        raise err(doc.get("settings"), f"task_force_threshold {threshold!r} is not a severity",
+                  "task_force_threshold")
     try:
         version = int(doc["version"])
     except (TypeError, ValueError):
-        raise err(doc, "version must be an integer") from None
+        raise err(doc, "version must be an integer", "version") from None
     return Workflow(
         name=str(doc["name"]),
         version=version,

@@ -41,6 +41,9 @@ class Guard:
 
 GUARDS: dict[str, Guard] = {}
 ACTIONS: dict[str, Callable[[Any], Awaitable[None]]] = {}
+# The state names the application can store (registered with the actions); a definition
+# naming any other state is refused at load time. Empty: any name goes.
+STATES: dict[str, None] = {}
 
 
 def guard(name: str, *, payload: bool = False) -> Callable[[Callable[[GuardContext], bool]],

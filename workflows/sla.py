@@ -19,7 +19,8 @@ def parse_overrides(text: str, clocks: tuple[str, ...] = KNOWN_CLOCKS) -> Overri
         key, sep, value = item.partition("=")
         clock, dot, severity = key.strip().partition(".")
         if not sep or not dot:
-            raise ValueError(f"{item!r}: expected clock.severity=duration, e.g. assess.critical=30m")
+            raise ValueError(
+                f"{item!r}: expected clock.severity=duration, e.g. assess.critical=30m")
         if clock not in clocks:
             raise ValueError(f"{item!r}: unknown clock {clock!r} (known: {', '.join(clocks)})")
         if severity not in SEVERITIES:

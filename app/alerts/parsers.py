@@ -46,6 +46,7 @@ MAX_BATCH = 1000
 # a long summary is better shortened than the whole notification refused.
 MAX_TITLE = 500
 MAX_DESCRIPTION = 20000
+MAX_SOURCE = 200
 
 
 @dataclass(slots=True)
@@ -133,6 +134,37 @@ def _errors(exc: ValidationError) -> list[dict[str, Any]]:
     return out
 
 
+# PostgreSQL cannot store U+0000 in text or JSON; JSON can carry it (as \u0000), so it is
+# refused up front as bad input instead of failing the insert with a 500.
+_NUL = "\x00"
+_NUL_MSG = "must not contain the NUL character (U+0000)"
+
+
+def _nul_loc(value: Any, loc: list[Any]) -> list[Any] | None:
+    """The location of the first string (or object key) holding a NUL character."""
+    if isinstance(value, str):
+        return loc if _NUL in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _NUL in key:
+                return [*loc, key.replace(_NUL, "")]
+            found = _nul_loc(item, [*loc, key])
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_loc(item, [*loc, index])
+            if found is not None:
+                return found
+    return None
+
+
+def _reject_nul(body: Any) -> None:
+    loc = _nul_loc(body, [])
+    if loc is not None:
+        raise single_problem(loc, _NUL_MSG)
+
+
 # --- generic -------------------------------------------------------------------------------
 
 # Built once: schema construction is the slow part of pydantic, validation is not.
@@ -142,6 +174,7 @@ _GENERIC_BATCH: TypeAdapter[list[GenericAlertIn]] = TypeAdapter(list[GenericAler
 def parse_generic(body: Any) -> list[ParsedAlert]:
     """One generic alert object, or an array of 1..1000; all-or-nothing."""
     if isinstance(body, dict):
+        _reject_nul(body)
         try:
             alert = GenericAlertIn.model_validate(body)
         except ValidationError as exc:
@@ -154,6 +187,7 @@ def parse_generic(body: Any) -> list[ParsedAlert]:
         raise single_problem(
             [], f"a batch must hold between 1 and {MAX_BATCH} alerts; it holds {len(body)}"
         )
+    _reject_nul(body)
     try:
         alerts = _GENERIC_BATCH.validate_python(body)
     except ValidationError as exc:
@@ -204,12 +238,16 @@ def parse_alertmanager(body: Any) -> list[ParsedAlert]:
         raise single_problem(
             ["version"], 'version must be "4" (the webhook payload of Alertmanager 0.25 and later)'
         )
+    _reject_nul(body)
     try:
         payload = AlertmanagerWebhookIn.model_validate(body)
     except ValidationError as exc:
         raise validation_problem(_errors(exc)) from None
 
+    # Receiver names come from Alertmanager's configuration and may be long; the source is
+    # stored in 200 characters.
     source = f"alertmanager/{payload.receiver}" if payload.receiver else "alertmanager"
+    source = _clip(source, MAX_SOURCE)
     context = {key: body[key] for key in _ALERTMANAGER_CONTEXT if key in body}
     return [
         _from_alertmanager(alert, raw, source, context)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     AllowInfNan,
+    AnyHttpUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -56,7 +57,16 @@ def parse_rfc3339(text: str, *, require_offset: bool) -> datetime:
 
 
 def is_http_url(text: str) -> bool:
-    return len(text) <= MAX_URL_LENGTH and _HTTP_URL.fullmatch(text) is not None
+    if len(text) > MAX_URL_LENGTH or _HTTP_URL.fullmatch(text) is None:
+        return False
+    # The incident's `links` check (AnyHttpUrl) is stricter than the pattern (ports, IP
+    # addresses, percent signs and brackets in the host): a link it refuses must be caught
+    # here, or opening the incident fails with a 500.
+    try:
+        AnyHttpUrl(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _timestamp(value: Any) -> Any:
@@ -87,7 +97,7 @@ def _not_blank(value: str) -> str:
 
 
 def _http_url(value: str) -> str:
-    if _HTTP_URL.fullmatch(value) is None:
+    if not is_http_url(value):
         raise ValueError("must be an absolute http:// or https:// URL")
     return value
 

@@ -11,6 +11,7 @@ size. The caller's transaction is the boundary: a batch is all-or-nothing.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -38,6 +39,8 @@ IGNORED_CAP_TYPES = {"Ack", "Error"}
 # Serialises alert ingestion across API processes on PostgreSQL, so two processes never
 # both open an incident for one new fingerprint. (SQLite has one writer anyway.)
 INGEST_LOCK_ID = 0x0C415E
+# incident.group_key holds 200 characters; longer keys are stored as a digest.
+MAX_GROUP_KEY = 200
 
 
 @dataclass
@@ -53,7 +56,12 @@ class IngestContext:
 def group_key(alert: ParsedAlert, group_by: list[str]) -> str | None:
     if not group_by or any(not alert.labels.get(label) for label in group_by):
         return None
-    return "|".join(f"{label}={alert.labels[label]}" for label in group_by)
+    key = "|".join(f"{label}={alert.labels[label]}" for label in group_by)
+    if len(key) > MAX_GROUP_KEY:
+        # Long label values must not fail the insert; a readable key always holds "=", so a
+        # digest can never equal one.
+        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
 
 
 def _raw_text(alert: ParsedAlert, limit: int) -> str:

@@ -9,6 +9,7 @@ commits once, and only then answers: a 202 still means the alert is durably stor
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,14 @@ from app.core.db import Database
 
 log = logging.getLogger("crisisflow.ingest")
 MAX_GROUP_ALERTS = 5000
+MAX_WEBHOOK_ID = 200  # webhook_receipt.webhook_id
+
+
+def receipt_key(webhook_id: str) -> str:
+    """The stored form of a `webhook-id`: as sent, or a digest when it would not fit."""
+    if len(webhook_id) <= MAX_WEBHOOK_ID:
+        return webhook_id
+    return "sha256:" + hashlib.sha256(webhook_id.encode()).hexdigest()
 
 
 @dataclass
@@ -106,10 +115,11 @@ class IngestWriter:
     async def _one(self, session: Any, request: _Request) -> tuple[list[AlertResult], bool]:
         now = utcnow()
         receipts = WebhookReceipt.__table__
-        if request.webhook_id is not None:
+        webhook_id = None if request.webhook_id is None else receipt_key(request.webhook_id)
+        if webhook_id is not None:
             stored = (await session.execute(
                 sa.select(receipts.c.result).where(receipts.c.principal == request.key_id,
-                                                   receipts.c.webhook_id == request.webhook_id)
+                                                   receipts.c.webhook_id == webhook_id)
             )).scalar_one_or_none()
             if stored is not None:
                 return [AlertResult.model_validate(r) for r in stored["results"]], True
@@ -117,11 +127,11 @@ class IngestWriter:
                                     raw_max_bytes=self.raw_max_bytes, actor=request.actor,
                                     key_id=request.key_id, now=now)
         results = await service.ingest(session, ctx, request.alerts)
-        if request.webhook_id is not None:
+        if webhook_id is not None:
             try:
                 async with session.begin_nested():
                     session.add(WebhookReceipt(principal=request.key_id,
-                                               webhook_id=request.webhook_id,
+                                               webhook_id=webhook_id,
                                                result=service.result_body(results),
                                                created_at=now))
                     await session.flush()

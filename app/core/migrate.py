@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -41,5 +42,39 @@ def head_revisions() -> set[str]:
 
 
 async def current_revisions(conn: sa.ext.asyncio.AsyncConnection) -> set[str]:
+    """The database's revisions; empty when it was never migrated."""
+    has_table = await conn.run_sync(lambda c: sa.inspect(c).has_table("alembic_version"))
+    if not has_table:
+        return set()
     rows = await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
     return {r[0] for r in rows}
+
+
+# Tables that migrations create by hand (SQLite FTS) are not models: autogenerate skips them.
+HAND_MADE_PREFIXES = ("incident_fts",)
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    if type_ == "table" and name and name.startswith(HAND_MADE_PREFIXES):
+        return False
+    return not (type_ == "index" and name and name.startswith("ix_hand_"))
+
+
+def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+    import sqlalchemy as sa
+
+    from app.core.types import UTCDateTime
+
+    if type_ != "type":
+        return False
+    if isinstance(obj, UTCDateTime):
+        autogen_context.imports.add("import app.core.types")
+        return "app.core.types.UTCDateTime()"
+    if isinstance(obj, sa.JSON):
+        autogen_context.imports.add("import app.core.types")
+        return "app.core.types.JSONType"
+    if isinstance(obj, sa.Enum) and not obj.native_enum:
+        return f"sa.String(length={obj.length})"
+    return False

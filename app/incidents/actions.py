@@ -21,11 +21,13 @@ from app.incidents.models import (
     ProposalStatus,
     Response,
     Severity,
+    State,
 )
 from workflows.engine import Workflow
-from workflows.registry import SEVERITY_RANK, action
+from workflows.registry import SEVERITY_RANK, STATES, action
 
 SEVERITY_LEVEL = {"high": 1, "critical": 2}
+STATES.update(dict.fromkeys(s.value for s in State))  # what the incident table can store
 
 
 @dataclass

@@ -73,7 +73,8 @@ def in_scope(principal: Principal | None, incident: Incident) -> bool:
     """Agency-scoped viewers see only incidents naming their agency."""
     if principal is None or principal.role != Role.viewer or principal.agency is None:
         return True
-    return principal.agency == incident.lead_agency or principal.agency in incident.affected_agencies
+    agency = principal.agency
+    return agency == incident.lead_agency or agency in incident.affected_agencies
 
 
 def guard_context(wf: Workflow, inc: Incident, proposal: Proposal | None,
@@ -156,7 +157,8 @@ async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
     agencies = [a for a in (f.agency, _scope_agency(principal)) if a]
     for agency in agencies:
         stmt = stmt.where(
-            sa.exists().where(IncidentAgency.incident_id == t.id, IncidentAgency.agency == agency)
+            sa.exists().where(col(IncidentAgency.incident_id) == t.id,
+                              col(IncidentAgency.agency) == agency)
         )
     if f.q and f.q.strip():
         stmt = stmt.where(search_clause(env.dialect, Incident, f.q))
@@ -215,7 +217,8 @@ def _set_agencies(session: AsyncSession, inc: Incident, *, replace: bool) -> Non
 
 
 async def _replace_agencies(session: AsyncSession, inc: Incident) -> None:
-    await session.execute(sa.delete(IncidentAgency).where(col(IncidentAgency.incident_id) == inc.id))
+    await session.execute(
+        sa.delete(IncidentAgency).where(col(IncidentAgency.incident_id) == inc.id))
     _set_agencies(session, inc, replace=True)
 
 
@@ -284,8 +287,9 @@ async def update(session: AsyncSession, env: Env, incident_id: str, item_in: Inc
     for key in ("affected_agencies", "channels", "links", "tags"):
         if key in changes and changes[key] is None:
             changes[key] = []
-    await require_agencies(session, [changes.get("lead_agency"), *changes.get("affected_agencies", [])],
-                           loc=["body", "agencies"])
+    await require_agencies(
+        session, [changes.get("lead_agency"), *changes.get("affected_agencies", [])],
+        loc=["body", "agencies"])
     before = {k: getattr(inc, k) for k in changes}
     changed = {k: v for k, v in changes.items() if before[k] != v}
     now = utcnow()
@@ -322,7 +326,8 @@ def validate_payload(wf: Workflow, trigger: str, body: dict[str, Any]) -> dict[s
         for e in errors:
             e["loc"] = ["body", *e["loc"]]
         first = errors[0]
-        raise ValidationProblem(f"{'.'.join(map(str, first['loc']))}: {first['msg']}", errors) from None
+        where = ".".join(map(str, first["loc"]))
+        raise ValidationProblem(f"{where}: {first['msg']}", errors) from None
     data = parsed.model_dump(mode="json", exclude={"trigger"})
     return data
 
@@ -425,7 +430,8 @@ def proposal_public(p: Proposal, reference: str) -> ProposalPublic:
 
 async def list_proposals(session: AsyncSession, status: str | None, incident_id: str | None,
                          limit: int, cursor: str | None) -> Page[ProposalPublic]:
-    stmt = select(Proposal, Incident.reference).join(Incident, col(Incident.id) == Proposal.incident_id)
+    stmt = select(Proposal, Incident.reference).join(
+        Incident, col(Incident.id) == Proposal.incident_id)
     if status:
         stmt = stmt.where(Proposal.status == status)
     if incident_id:
