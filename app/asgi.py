@@ -2,8 +2,8 @@
 
 from fastapi import FastAPI
 
-from app.core.logging import configure_logging
 from app.core.config import get_settings
+from app.core.logging import configure_logging
 from app.main import create_app
 
 

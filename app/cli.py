@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -120,10 +121,8 @@ def worker() -> None:
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)
     _migrate(settings)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_forever(settings))
-    except KeyboardInterrupt:
-        pass
 
 
 @keys_cli.command("create")
@@ -179,9 +178,8 @@ def keys_list() -> None:
     typer.echo(f"{'ID':36}  {'PREFIX':10}  {'ROLE':12}  {'AGENCY':10}  {'STATUS':8}  NAME")
     for r in rows:
         status = "revoked" if r.revoked_at else "active"
-        typer.echo(
-            f"{r.id:36}  {r.prefix:10}  {r.role.value:12}  {r.agency or '-':10}  {status:8}  {r.name}"
-        )
+        agency = r.agency or "-"
+        typer.echo(f"{r.id:36}  {r.prefix:10}  {r.role.value:12}  {agency:10}  {status:8}  {r.name}")
 
 
 @keys_cli.command("revoke")

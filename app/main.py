@@ -14,13 +14,13 @@ from app.agencies.router import router as agencies_router
 from app.alerts.router import router as alerts_router
 from app.alerts.writer import IngestWriter
 from app.auth.cache import KeyCache
-from app.core.config import Settings, get_settings
 from app.bootstrap import build_env, open_database
+from app.core.config import Settings, get_settings
 from app.core.db import Database
 from app.core.errors import Unavailable, install_error_handlers, problem_response
 from app.core.middleware import RequestContextMiddleware
-from app.idempotency.middleware import IdempotencyMiddleware
 from app.core.migrate import current_revisions, head_revisions
+from app.idempotency.middleware import IdempotencyMiddleware
 from app.incidents.router import build_router as build_incidents_router
 from app.notifications.router import router as notifications_router
 from app.reports.router import router as reports_router

@@ -4,6 +4,7 @@ from app.agencies.models import Agency
 from app.alerts.models import Alert, AlertKey, WebhookReceipt
 from app.auth.models import ApiKey
 from app.deadlines.models import Deadline
+from app.idempotency.models import IdempotencyRecord
 from app.incidents.models import (
     Incident,
     IncidentAgency,
@@ -12,7 +13,6 @@ from app.incidents.models import (
     Response,
     TimelineEntry,
 )
-from app.idempotency.models import IdempotencyRecord
 from app.notifications.models import Delivery, DeliveryAttempt, Event, Subscription
 
 __all__ = [  # noqa: RUF022

@@ -8,6 +8,7 @@ attempted within a second even when another process wrote it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -97,10 +98,8 @@ class Worker:
             log.exception("worker cycle failed")
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
         self._wake.clear()
 
     async def _fire_deadlines(self) -> int:
@@ -164,9 +163,9 @@ class Worker:
 
 
 async def run_forever(settings: Settings) -> None:
-    from app.bootstrap import build_env, open_database
-
     import signal
+
+    from app.bootstrap import build_env, open_database
 
     db = open_database(settings)
     worker = Worker(db, settings, env=build_env(settings))

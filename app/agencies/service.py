@@ -21,7 +21,9 @@ def to_public(row: Agency) -> AgencyPublic:
     return AgencyPublic.model_validate(row)
 
 
-async def list_agencies(session: AsyncSession, limit: int, cursor: str | None) -> Page[AgencyPublic]:
+async def list_agencies(
+    session: AsyncSession, limit: int, cursor: str | None
+) -> Page[AgencyPublic]:
     after = decode_cursor(cursor, 1)
     stmt = select(Agency).order_by(col(Agency.code)).limit(limit + 1)
     if after is not None:

@@ -29,6 +29,7 @@ from app.core.ids import new_id
 from app.core.jsonutil import dumps
 from app.core.metrics import ALERTS
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
+from app.core.types import table_of
 from app.deadlines import service as deadlines
 from app.incidents import service as incidents
 from app.incidents import timeline
@@ -89,8 +90,8 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
         await session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_ID})
     fps = {a.fingerprint for a in alerts} | {r for a in alerts for r in a.references}
     wanted = [("fp", k) for k in fps] + [("group", g) for g in set(groups) if g]
-    k = AlertKey.__table__
-    i = Incident.__table__
+    k = table_of(AlertKey)
+    i = table_of(Incident)
     for chunk_start in range(0, len(wanted), 500):
         chunk = wanted[chunk_start:chunk_start + 500]
         rows = await session.execute(
@@ -217,7 +218,7 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
         return AlertResult(alert_id=row.id, incident_id=None, deduplicated=False,
                            status="resolved")
     await _lock_incidents(session, batch, {incident_id})
-    a = Alert.__table__
+    a = table_of(Alert)
     updated = await session.execute(
         sa.update(a)
         .where(a.c.incident_id == incident_id, a.c.fingerprint.in_(names),
@@ -248,7 +249,7 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
 async def _save_keys(session: AsyncSession, ctx: IngestContext, batch: _Batch) -> None:
     if not batch.new_keys:
         return
-    table = AlertKey.__table__
+    table = table_of(AlertKey)
     insert = pg_insert if ctx.env.dialect == "postgresql" else sqlite_insert
     values = [{"kind": k, "key": key, "incident_id": v} for (k, key), v in batch.new_keys.items()]
     for start in range(0, len(values), 500):

@@ -9,6 +9,7 @@ commits once, and only then answers: a 202 still means the alert is durably stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from app.alerts.models import AlertResult, WebhookReceipt
 from app.alerts.parsers import ParsedAlert
 from app.core.clock import utcnow
 from app.core.db import Database
+from app.core.types import table_of
 
 log = logging.getLogger("crisisflow.ingest")
 MAX_GROUP_ALERTS = 5000
@@ -60,10 +62,8 @@ class IngestWriter:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def submit(self, alerts: list[ParsedAlert], actor: str, key_id: str,
                      webhook_id: str | None = None) -> tuple[list[AlertResult], bool]:
@@ -114,7 +114,7 @@ class IngestWriter:
 
     async def _one(self, session: Any, request: _Request) -> tuple[list[AlertResult], bool]:
         now = utcnow()
-        receipts = WebhookReceipt.__table__
+        receipts = table_of(WebhookReceipt)
         webhook_id = None if request.webhook_id is None else receipt_key(request.webhook_id)
         if webhook_id is not None:
             stored = (await session.execute(

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.auth.cache import KeyCache
 from app.auth.models import Role
 from app.auth.service import Principal, authenticate
 from app.core.config import Settings
@@ -53,7 +54,7 @@ async def current_principal(request: Request, db: DatabaseDep) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
-    cache = request.app.state.key_cache
+    cache: KeyCache = request.app.state.key_cache
     principal = cache.get(token.strip())
     if principal is None:
         async with db.read() as session:

@@ -54,7 +54,9 @@ async def create_key(session: AsyncSession, key_in: ApiKeyCreate) -> ApiKeyCreat
         try:
             validate_signing_secret(key_in.signing_secret)
         except ValueError as exc:
-            raise ValidationProblem(str(exc), [{"loc": ["signing_secret"], "msg": str(exc)}])
+            raise ValidationProblem(
+                str(exc), [{"loc": ["signing_secret"], "msg": str(exc)}]
+            ) from None
     if key_in.agency is not None:
         from app.agencies.service import require_agencies
 

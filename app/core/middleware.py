@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import PayloadTooLarge, problem_response
 from app.core.ids import new_id
-from app.core.metrics import REQUESTS, REQUEST_SECONDS
+from app.core.metrics import REQUEST_SECONDS, REQUESTS
 
 access = logging.getLogger("crisisflow.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

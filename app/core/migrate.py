@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 import migrations
 from app.core.db import make_sync_engine, sync_url
@@ -41,7 +42,7 @@ def head_revisions() -> set[str]:
     return set(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
 
 
-async def current_revisions(conn: sa.ext.asyncio.AsyncConnection) -> set[str]:
+async def current_revisions(conn: AsyncConnection) -> set[str]:
     """The database's revisions; empty when it was never migrated."""
     has_table = await conn.run_sync(lambda c: sa.inspect(c).has_table("alembic_version"))
     if not has_table:

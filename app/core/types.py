@@ -52,3 +52,9 @@ def enum_type(enum_cls: type[Any]) -> sa.Enum:
         length=32,
         values_callable=lambda e: [m.value for m in e],
     )
+
+
+def table_of(model: type[Any]) -> sa.Table:
+    """The Core table behind a SQLModel table class, for bulk statements."""
+    table: sa.Table = model.__table__
+    return table

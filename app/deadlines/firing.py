@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.clock import utcnow
 from app.core.db import Database
 from app.core.metrics import OVERDUE
+from app.core.types import table_of
 from app.deadlines import service as deadlines
 from app.deadlines.models import Deadline
 from app.incidents import service as incidents
@@ -44,7 +45,7 @@ async def fire_due(db: Database, env: incidents.Env) -> int:
 
 async def _fire_batch(db: Database, env: incidents.Env) -> int:
     now = utcnow()
-    d = Deadline.__table__
+    d = table_of(Deadline)
     due = (
         sa.select(d.c.id, d.c.incident_id)
         .where(d.c.fired_at.is_(None), d.c.met_at.is_(None), d.c.due_at <= now)

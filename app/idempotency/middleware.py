@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.clock import utcnow
 from app.core.db import Database
 from app.core.errors import Conflict, IdempotencyMismatch, ValidationProblem, problem_response
+from app.core.types import table_of
 from app.idempotency.models import IdempotencyRecord
 
 log = logging.getLogger("crisisflow.idempotency")
@@ -103,7 +104,7 @@ async def _read_body(receive: Receive) -> bytes:
 async def _reserve(db: Database, principal: str, key: str, digest: str) -> Any:
     """Reserve the key; or return the stored record to replay; or raise a problem."""
     now = utcnow()
-    table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
+    table = table_of(IdempotencyRecord)  # type: ignore[attr-defined]
     insert = sqlite_insert if db.is_sqlite else pg_insert
     async with db.transaction() as session:
         await session.execute(
@@ -140,7 +141,7 @@ async def _send_replay(row: Any, scope: Scope, receive: Receive, send: Send) -> 
 
 
 async def _finish(db: Database, principal: str, key: str, captured: dict[str, Any]) -> None:
-    table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
+    table = table_of(IdempotencyRecord)  # type: ignore[attr-defined]
     where = sa.and_(table.c.principal == principal, table.c.key == key)
     status = int(captured["status"])
     try:

@@ -83,7 +83,9 @@ class Incident(IncidentBase, table=True):
     category: Category = Field(sa_type=enum_type(Category))
     search_text: str = Field(default="", sa_column=sa.Column(sa.Text, nullable=False))
     lead_agency: str | None = Field(default=None, max_length=32)
-    affected_agencies: list[str] = Field(default_factory=list, sa_column=json_column(nullable=False))
+    affected_agencies: list[str] = Field(
+        default_factory=list, sa_column=json_column(nullable=False)
+    )
     channels: list[str] = Field(default_factory=list, sa_column=json_column(nullable=False))
     links: list[str] = Field(default_factory=list, sa_column=json_column(nullable=False))
     tags: list[str] = Field(default_factory=list, sa_column=json_column(nullable=False))

@@ -37,7 +37,7 @@ IfMatch = Annotated[str | None, Header(description='The ETag you last saw, e.g. 
 Commenter = Annotated[Principal, Depends(require(Role.duty_officer, Role.leader))]
 ProposalReader = Annotated[Principal, Depends(require(Role.leader, Role.duty_officer))]
 
-_CONFLICTS = {
+_CONFLICTS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such incident (or not visible to this key)"},
     409: {"description": "Invalid transition, failed guard, or a racing writer"},
     412: {"description": "If-Match does not match the current version"},

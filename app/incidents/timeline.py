@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.db import Database
 from app.core.ids import new_id
 from app.core.jsonutil import canonical
+from app.core.types import table_of
 from app.incidents.models import Incident, TimelineEntry
 
 GENESIS = "0" * 64
@@ -124,7 +125,7 @@ async def verify_all(db: Database, *, batch_size: int = 500,
     result = AuditResult()
     async with db.read() as session:
         total = int((await session.execute(sa.select(sa.func.count()).select_from(
-            Incident.__table__))).scalar_one())  # type: ignore[attr-defined]
+            table_of(Incident)))).scalar_one())  # type: ignore[attr-defined]
     after: str | None = None
     while True:
         async with db.read() as session:

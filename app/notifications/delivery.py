@@ -27,6 +27,7 @@ from app.core.clock import utcnow
 from app.core.db import Database
 from app.core.ids import new_id
 from app.core.metrics import DELIVERIES, DELIVERY_SECONDS
+from app.core.types import table_of
 from app.notifications.models import Delivery, DeliveryAttempt, DeliveryStatus, Event, Subscription
 from notifiers.base import DeliveryResult, Envelope, NotifierRegistry, Target
 
@@ -55,9 +56,9 @@ class Claimed:
     active: bool
 
 
-d = Delivery.__table__
-ev = Event.__table__
-sub = Subscription.__table__
+d = table_of(Delivery)
+ev = table_of(Event)
+sub = table_of(Subscription)
 
 
 async def claim(db: Database, worker_id: str, limit: int, lease: float) -> list[Claimed]:
@@ -95,7 +96,8 @@ async def claim(db: Database, worker_id: str, limit: int, lease: float) -> list[
             .values(claimed_until=now + timedelta(seconds=lease), claimed_by=worker_id)
         )
         rows = (await session.execute(
-            sa.select(d.c.id, d.c.attempts, d.c.window_started_at, ev.c.id.label("event_id"), ev.c.type,
+            sa.select(d.c.id, d.c.attempts, d.c.window_started_at, ev.c.id.label("event_id"),
+                      ev.c.type,
                       ev.c.at, ev.c.data, sub.c.id.label("sub_id"), sub.c.agency, sub.c.notifier,
                       sub.c.target, sub.c.config, sub.c.secret, sub.c.active)
             .join(ev, ev.c.seq == d.c.event_seq)

@@ -12,6 +12,7 @@ from app.core.db import after_commit
 from app.core.ids import new_id
 from app.notifications.models import Event
 
+
 async def emit(
     session: AsyncSession,
     *,

@@ -51,7 +51,8 @@ async def create_subscription(session: AsyncSession, registry: NotifierRegistry,
         try:
             validate_signing_secret(item_in.secret)
         except ValueError as exc:
-            raise ValidationProblem(str(exc), [{"loc": ["body", "secret"], "msg": str(exc)}]) from None
+            msg = str(exc)
+            raise ValidationProblem(msg, [{"loc": ["body", "secret"], "msg": msg}]) from None
     row = Subscription(
         id=new_id(),
         agency=item_in.agency,
@@ -99,21 +100,22 @@ async def delete_subscription(session: AsyncSession, subscription_id: str) -> No
 async def list_deliveries(session: AsyncSession, *, status: str | None, incident_id: str | None,
                           limit: int, cursor: str | None) -> Page[DeliveryPublic]:
     stmt = (
-        select(Delivery, Event.id, Event.type, Subscription.agency, Subscription.notifier)
+        sa.select(Delivery, col(Event.id), col(Event.type), col(Subscription.agency),
+                  col(Subscription.notifier))
         .join(Event, col(Event.seq) == Delivery.event_seq)
         .join(Subscription, col(Subscription.id) == Delivery.subscription_id)
     )
     if status:
-        stmt = stmt.where(Delivery.status == status)
+        stmt = stmt.where(col(Delivery.status) == status)
     if incident_id:
-        stmt = stmt.where(Delivery.incident_id == incident_id)
+        stmt = stmt.where(col(Delivery.incident_id) == incident_id)
     after = decode_cursor(cursor, 2)
     if after is not None:
         at = datetime.fromisoformat(str(after[0]))
         stmt = stmt.where(keyset(col(Delivery.created_at), col(Delivery.id), [at, str(after[1])],
                                  ascending=False))
     stmt = stmt.order_by(col(Delivery.created_at).desc(), col(Delivery.id).desc()).limit(limit + 1)
-    rows = list((await session.exec(stmt)).all())
+    rows = list((await session.execute(stmt)).tuples().all())
     page = rows[:limit]
     attempts: dict[str, list[DeliveryAttemptPublic]] = defaultdict(list)
     if page:

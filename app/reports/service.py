@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.auth.models import Role
 from app.auth.service import Principal
+from app.core.types import table_of
 from app.deadlines.models import Deadline
 from app.incidents.models import Incident, IncidentAgency, State
 from app.reports.models import ReportRow, SpokespersonReport, Stats
@@ -24,8 +25,8 @@ UNASSIGNED = "unassigned"
 
 
 def _scope(stmt: Any, principal: Principal, agency: str | None = None) -> Any:
-    i = Incident.__table__
-    ia = IncidentAgency.__table__
+    i = table_of(Incident)
+    ia = table_of(IncidentAgency)
     codes = [a for a in (agency, principal.agency if principal.role == Role.viewer else None) if a]
     for code in codes:
         stmt = stmt.where(sa.exists().where(ia.c.incident_id == i.c.id, ia.c.agency == code))
@@ -38,7 +39,7 @@ def _median_minutes(pairs: list[tuple[datetime, datetime]]) -> float | None:
 
 
 async def stats(session: AsyncSession, principal: Principal) -> Stats:
-    i = Incident.__table__
+    i = table_of(Incident)
     counts: dict[str, dict[str, int]] = {}
     for column in ("state", "severity", "category"):
         rows = await session.execute(
@@ -63,8 +64,8 @@ async def stats(session: AsyncSession, principal: Principal) -> Stats:
 
 async def spokesperson(session: AsyncSession, principal: Principal, start: datetime,
                        end: datetime, agency: str | None) -> SpokespersonReport:
-    i = Incident.__table__
-    d = Deadline.__table__
+    i = table_of(Incident)
+    d = table_of(Deadline)
     first_due = (
         sa.select(d.c.due_at)
         .where(d.c.incident_id == i.c.id, d.c.clock == "first_response")

@@ -10,6 +10,7 @@ transaction) rather than skip past an event that is about to commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from app.auth.models import Role
 from app.auth.service import Principal
 from app.core.db import Database
 from app.core.jsonutil import dumps
+from app.core.types import table_of
 from app.notifications.models import Event
 
 HOLE_WAIT_SECONDS = 2.0
@@ -36,13 +38,12 @@ class Broadcaster:
         for waiter in self._waiters:
             waiter.set()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, seconds: float) -> None:
         waiter = asyncio.Event()
         self._waiters.add(waiter)
         try:
-            await asyncio.wait_for(waiter.wait(), timeout)
-        except TimeoutError:
-            pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), seconds)
         finally:
             self._waiters.discard(waiter)
 
@@ -59,13 +60,13 @@ def format_event(seq: int, type_: str, payload: dict[str, Any]) -> bytes:
 
 async def latest_seq(db: Database) -> int:
     async with db.read() as session:
-        value = (await session.execute(sa.select(sa.func.max(Event.__table__.c.seq)))).scalar()
+        value = (await session.execute(sa.select(sa.func.max(table_of(Event).c.seq)))).scalar()
     return int(value or 0)
 
 
 async def stream(db: Database, broadcaster: Broadcaster, principal: Principal, after: int,
                  heartbeat: float, poll: float = 1.0) -> AsyncIterator[bytes]:
-    e = Event.__table__
+    e = table_of(Event)
     cursor = after
     hole_since: float | None = None
     last_sent = time.monotonic()
