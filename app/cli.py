@@ -179,7 +179,8 @@ def keys_list() -> None:
     for r in rows:
         status = "revoked" if r.revoked_at else "active"
         agency = r.agency or "-"
-        typer.echo(f"{r.id:36}  {r.prefix:10}  {r.role.value:12}  {agency:10}  {status:8}  {r.name}")
+        role = r.role.value
+        typer.echo(f"{r.id:36}  {r.prefix:10}  {role:12}  {agency:10}  {status:8}  {r.name}")
 
 
 @keys_cli.command("revoke")
