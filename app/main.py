@@ -6,9 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, FastAPI
 
 from app.agencies.router import router as agencies_router
 from app.alerts.router import router as alerts_router
@@ -16,13 +14,14 @@ from app.alerts.writer import IngestWriter
 from app.auth.cache import KeyCache
 from app.bootstrap import build_env, open_database
 from app.core.config import Settings, get_settings
-from app.core.db import Database
-from app.core.errors import Unavailable, install_error_handlers, problem_response
+from app.core.errors import install_error_handlers
 from app.core.middleware import RequestContextMiddleware
-from app.core.migrate import current_revisions, head_revisions
+from app.core.migrate import head_revisions
+from app.core.openapi import install_openapi
 from app.idempotency.middleware import IdempotencyMiddleware
 from app.incidents.router import build_router as build_incidents_router
 from app.notifications.router import router as notifications_router
+from app.ops.router import router as ops_router
 from app.reports.router import router as reports_router
 from app.reports.stream import Broadcaster
 from app.worker import Worker
@@ -84,6 +83,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     app.state.key_cache = KeyCache()
     app.state.run_worker = run_worker
     install_error_handlers(app)
+    install_openapi(app)
 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(agencies_router)
@@ -93,46 +93,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     api.include_router(alerts_router)
     api.include_router(reports_router)
     app.include_router(api)
-    app.include_router(_ops_router())
+    app.include_router(ops_router)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(
         RequestContextMiddleware, max_body=settings.max_body_bytes, access_log=settings.access_log
     )
     return app
-
-
-def _ops_router() -> APIRouter:
-    router = APIRouter(tags=["operations"])
-
-    @router.get("/healthz", response_class=PlainTextResponse)
-    async def healthz() -> str:
-        """Liveness: the process answers."""
-        return "ok"
-
-    @router.get(
-        "/readyz",
-        responses={503: {"description": "database unreachable or not migrated"}},
-    )
-    async def readyz(request: Request) -> Response:
-        """Readiness: the database answers and its schema is at the newest migration."""
-        db: Database = request.app.state.db
-        try:
-            async with db.read_engine.connect() as conn:
-                current = await current_revisions(conn)
-        except Exception as exc:  # any failure to reach the database means "not ready"
-            log.warning("readiness check failed: %s", type(exc).__name__)
-            return problem_response(Unavailable("The database is unreachable."), "/readyz")
-        if current != request.app.state.heads:
-            return problem_response(
-                Unavailable("The database schema is not at the newest migration."), "/readyz"
-            )
-        return Response(content=b'{"status":"ready"}', media_type="application/json")
-
-    @router.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> Response:
-        """Prometheus metrics (text format)."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    return router
-
-

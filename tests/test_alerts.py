@@ -470,6 +470,8 @@ def test_higher_severity_raises_a_detected_incident(client: TestClient, monitor:
     assert raised["deduplicated"] is True
     after = get_incident(client, duty, first["incident_id"])
     assert after["severity"] == "critical"
+    # The assessment deadline follows the new severity (critical is due sooner).
+    assert when(after["deadline_at"]) < when(before["deadline_at"])
     assert after["version"] == before["version"]
     assert after["state"] == "detected"
     kinds = timeline_kinds(client, duty, after["id"])
@@ -705,6 +707,33 @@ def test_long_alertmanager_receiver_names(client: TestClient, monitor: Headers,
     [result] = post(client, monitor, payload, "/alerts/alertmanager").json()["results"]
     [a] = incident_alerts(client, duty, result["incident_id"])
     assert a["source"].startswith("alertmanager/nhom-truc-") and len(a["source"]) <= 200
+
+
+def test_idempotency_key_replays_an_ingest(client: TestClient, monitor: Headers) -> None:
+    headers = {**monitor, "Idempotency-Key": "canh-bao-42"}
+    body = [alert(labels={"n": "1"}), alert(labels={"n": "2"})]
+    first = client.post(f"{API}/alerts", json=body, headers=headers)
+    again = client.post(f"{API}/alerts", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json()
+    assert stored(client) == (2, 2)
+    other = client.post(f"{API}/alerts", json=body[:1], headers=headers)
+    assert_problem(other, 422, "/problems/idempotency-mismatch")
+    assert stored(client) == (2, 2)
+
+
+def test_openapi_describes_the_alert_routes(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    media = {
+        f"{API}/alerts": {"application/json"},
+        f"{API}/alerts/alertmanager": {"application/json"},
+        f"{API}/alerts/cap": {"application/cap+xml", "application/xml"},
+    }
+    for path, wanted in media.items():
+        post_op = paths[path]["post"]
+        assert wanted <= set(post_op["requestBody"]["content"]), path
+        assert "202" in post_op["responses"], path
+    assert "get" in paths[f"{API}/incidents/{{incident_id}}/alerts"]
 
 
 # -- 3. Alertmanager ----------------------------------------------------------------------
@@ -982,12 +1011,9 @@ def test_unsigned_monitor_keys_need_no_signature(client: TestClient, monitor: He
     body = orjson.dumps(alert())
     resp = post_raw(client, monitor, body, {"Content-Type": "application/json"})
     assert resp.status_code == 202, resp.text
-    # Signing headers from an unsigned key are not checked (and not a replay key either).
-    resp = post_raw(client, monitor, body, signed(OTHER_SECRET, body, "x"))
-    assert resp.status_code == 202, resp.text
-    resp = post_raw(client, monitor, body, signed(OTHER_SECRET, body, "x"))
-    assert resp.status_code == 202, resp.text
-    assert count(client, Alert) == 3
+    assert_problem(post_raw(client, signed_monitor, body, {"Content-Type": "application/json"}),
+                   401, "/problems/unauthenticated")
+    assert count(client, Alert) == 1
 
 
 # -- rate limit (api.md, Conventions) ----------------------------------------------------

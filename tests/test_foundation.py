@@ -230,7 +230,8 @@ def test_agency_list_cursor_rejects_garbage(client: TestClient, make_key) -> Non
 def test_health_and_ready(client: TestClient) -> None:
     assert client.get("/healthz").text == "ok"
     resp = client.get("/readyz")
-    assert resp.status_code == 200 and resp.json() == {"status": "ready"}
+    assert resp.status_code == 200 and resp.json()["status"] == "ready"
+    assert resp.json()["outbox_backlog"] == 0
     assert "crisisflow_http_requests" in client.get("/metrics").text
 
 

@@ -572,6 +572,10 @@ class WorkflowRegistry:
     def get(self, name: str, version: int) -> Workflow:
         return self._by_key.get((name, version)) or self._latest[name]
 
+    def find(self, name: str, version: int) -> Workflow | None:
+        """Like `get`, but None when no version of `name` is loaded at all."""
+        return self.get(name, version) if name in self._latest else None
+
     def names(self) -> list[str]:
         return sorted(self._latest)
 

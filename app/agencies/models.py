@@ -44,12 +44,12 @@ class Agency(AgencyBase, table=True):
 
 
 class AgencyCreate(AgencyBase):
-    code: str = Field(regex=CODE_PATTERN, schema_extra={"examples": ["MOH"]})
+    code: str = Field(schema_extra={"pattern": CODE_PATTERN, "examples": ["MOH"]})
     spokesperson: Spokesperson | None = None
 
 
 class AgencyUpdate(AgencyBase):
-    code: str | None = Field(default=None, regex=CODE_PATTERN)
+    code: str | None = Field(default=None, schema_extra={"pattern": CODE_PATTERN})
     spokesperson: Spokesperson | None = None
 
 

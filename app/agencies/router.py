@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from app.agencies import service
-from app.agencies.models import AgencyCreate, AgencyPublic, AgencyUpdate
+from app.agencies.models import CODE_PATTERN, AgencyCreate, AgencyPublic, AgencyUpdate
 from app.api.deps import Admin, Reader, ReadSessionDep, SessionDep
 from app.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 
@@ -39,7 +39,7 @@ async def create_agency(
 
 @router.put("/{code}", response_model=AgencyPublic, responses={201: {"model": AgencyPublic}})
 async def put_agency(
-    code: str, item_in: AgencyUpdate, response: Response, _: Admin, session: SessionDep
+    code: Annotated[str, Path(pattern=CODE_PATTERN)], item_in: AgencyUpdate, response: Response, _: Admin, session: SessionDep
 ) -> AgencyPublic:
     """Replace an agency (or create it: 201)."""
     agency, created = await service.put_agency(session, code, item_in)

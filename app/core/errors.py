@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -200,14 +200,32 @@ def install_error_handlers(app: FastAPI) -> None:
         problem.headers.update(exc.headers or {})
         return problem_response(problem, request.url.path)
 
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(request: Request, exc: SQLAlchemyError) -> Response:
+        return _database_problem(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         if is_database_unavailable(exc):
-            log.warning("database unavailable: %s", type(exc).__name__)
-            problem: ProblemError = Unavailable(
-                "The database is unreachable; try again shortly.", headers={"Retry-After": "5"}
-            )
-        else:
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
-            problem = ProblemError("An unexpected error occurred; it has been logged.")
+            return _database_problem(request, exc)
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        problem = ProblemError("An unexpected error occurred; it has been logged.")
         return problem_response(problem, request.url.path)
+
+
+def _database_problem(request: Request, exc: BaseException) -> Response:
+    if isinstance(exc, DataError):
+        # Values the database cannot hold (a NUL character in PostgreSQL text, a number out
+        # of range) are bad input, not a server fault.
+        msg = "a value in the request cannot be stored (NUL character or number out of range)"
+        return problem_response(ValidationProblem(msg, [{"loc": ["body"], "msg": msg}]),
+                                request.url.path)
+    if is_database_unavailable(exc):
+        log.warning("database unavailable: %s", type(exc).__name__)
+        problem: ProblemError = Unavailable(
+            "The database is unreachable; try again shortly.", headers={"Retry-After": "5"}
+        )
+    else:
+        log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+        problem = ProblemError("An unexpected error occurred; it has been logged.")
+    return problem_response(problem, request.url.path)

@@ -12,7 +12,7 @@ from typing import Any
 from app.core.jsonutil import dumps
 
 _SECRET = re.compile(r"(cf_[A-Za-z0-9_-]{20,}|whsec_[A-Za-z0-9+/=]{8,}|Bearer\s+\S+)")
-_RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 
 
 def redact(text: str) -> str:

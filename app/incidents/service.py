@@ -24,6 +24,7 @@ from app.auth.models import Role
 from app.auth.service import Principal
 from app.core.clock import utcnow
 from app.core.errors import (
+    Conflict,
     Forbidden,
     GuardFailed,
     InvalidTransition,
@@ -100,7 +101,10 @@ async def to_public(session: AsyncSession, env: Env, inc: Incident,
                     principal: Principal | None) -> IncidentPublic:
     public = IncidentPublic.model_validate(inc)
     if principal is not None:
-        wf = env.workflows.get(inc.workflow, inc.workflow_version)
+        wf = env.workflows.find(inc.workflow, inc.workflow_version)
+        if wf is None:  # its definition is not loaded: readable, but nothing can be fired
+            public.allowed_triggers = []
+            return public
         proposal = await latest_proposal(session, inc.id)
         public.allowed_triggers = wf.allowed_triggers(
             guard_context(wf, inc, proposal), principal.role.value
@@ -337,7 +341,10 @@ async def fire(session: AsyncSession, env: Env, incident_id: str, trigger: str,
                *, internal: bool = False) -> tuple[Incident, Proposal | None]:
     inc = await get_visible(session, incident_id, principal, for_update=True)
     check_if_match(inc, if_match)
-    wf = env.workflows.get(inc.workflow, inc.workflow_version)
+    wf = env.workflows.find(inc.workflow, inc.workflow_version)
+    if wf is None:
+        raise Conflict(f"{inc.reference} follows workflow {inc.workflow} v{inc.workflow_version}, "
+                       "which this service has not loaded")
     payload = validate_payload(wf, trigger, body)
     specs = [t for t in wf.transitions if t.trigger == trigger]
     if not internal and all(t.internal for t in specs):
@@ -463,8 +470,6 @@ async def get_proposal(session: AsyncSession, proposal_id: str) -> ProposalPubli
 
 async def decide(session: AsyncSession, env: Env, proposal_id: str, approve: bool,
                  comment: str | None, principal: Principal) -> ProposalPublic:
-    from app.core.errors import Conflict
-
     proposal = await session.get(Proposal, proposal_id)
     if proposal is None:
         raise NotFound(f"no proposal with id {proposal_id}")
