@@ -92,89 +92,95 @@ def test_audit_verify_passes_on_a_clean_database(client: TestClient, make_key: A
         assert result.exit_code == 0, result.output
         assert result.stdout.strip() == f"5 incidents, {entries} entries verified"
 
+    # the walk goes batch by batch, reporting progress after each
+    db = client.app.state.db  # type: ignore[attr-defined]
+    calls: list[tuple[int, int]] = []
+    result = client.portal.call(lambda: verify_all(
+        db, batch_size=2, progress=lambda done, total: calls.append((done, total))))
+    assert (result.broken, result.incidents, result.entries) == (None, 5, entries)
+    assert calls == [(2, 5), (4, 5), (5, 5)]
 
-def test_audit_verify_reports_the_first_broken_link(client: TestClient, make_key: Any,
-                                                    audit: Callable[..., Any]) -> None:
+
+def test_installed_command_reports_the_first_broken_link(client: TestClient, make_key: Any,
+                                                         db_url: str) -> None:
     made = history(client, make_key)
     target = made[3]  # assessed, proposed, approved, responded, commented: 6 entries
     tamper(client, sa.update(TimelineEntry).where(entry_where(target["id"], 3))
            .values(data={"trigger": "propose_task_force", "payload": {"forged": True}}))
 
-    result = audit("--batch-size", "2")
-    assert result.exit_code == 1, result.output
-    line = result.stdout.strip()
-    assert line.startswith(f"BROKEN: {target['reference']} (incident {target['id']}) seq 3: ")
-    assert "content does not match its hash" in line
+    env = {**os.environ, "CRISISFLOW_DATABASE_URL": db_url}
+    exe = Path(sys.executable).with_name("crisisflow")
+    done = subprocess.run([str(exe), "audit", "verify", "--batch-size", "2"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout.startswith(
+        f"BROKEN: {target['reference']} (incident {target['id']}) seq 3: ")
+    assert "content does not match its hash" in done.stdout
+    assert "Traceback" not in done.stderr
 
     # the API still serves what is stored; only the audit notices
     resp = client.get(f"{API}/incidents/{target['id']}/timeline", headers=make_key("viewer"))
     assert resp.json()["items"][2]["data"]["payload"] == {"forged": True}
 
 
-@pytest.mark.parametrize(
-    ("damage", "seq", "reason"),
-    [
+async def _forge_rehashed(session: Any, incident_id: str) -> None:
+    """A forger who rewrites entry 3 and recomputes its own hash: entry 4 still points at
+    the old one."""
+    from app.incidents.timeline import _content, entry_hash
+
+    entry = (await session.execute(sa.select(TimelineEntry).where(
+        entry_where(incident_id, 3)))).scalar_one()
+    entry.actor = "leader:someone else"
+    entry.hash = entry_hash(entry.prev_hash, _content(entry))
+    session.add(entry)
+
+
+def test_audit_verify_catches_each_kind_of_damage(client: TestClient, make_key: Any,
+                                                  audit: Callable[..., Any]) -> None:
+    target = history(client, make_key, n=2)[1]  # 6 entries
+    table = TimelineEntry.__table__  # type: ignore[attr-defined]
+    incidents = Incident.__table__  # type: ignore[attr-defined]
+    mine = table.c.incident_id == target["id"]
+
+    async def snapshot() -> list[dict[str, Any]]:
+        async with client.app.state.db.read() as session:  # type: ignore[attr-defined]
+            rows = await session.execute(sa.select(table).where(mine))
+            return [dict(r._mapping) for r in rows]
+
+    async def restore(rows: list[dict[str, Any]]) -> None:
+        async with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
+            await session.execute(sa.delete(table).where(mine))
+            await session.execute(sa.insert(table), rows)
+            await session.execute(sa.update(incidents).where(incidents.c.id == target["id"])
+                                  .values(timeline_seq=6))
+
+    async def damage(kind: str) -> None:
+        async with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
+            if kind == "delete_middle":
+                await session.execute(sa.delete(table).where(mine, table.c.seq == 2))
+            elif kind == "delete_last":
+                await session.execute(sa.delete(table).where(mine, table.c.seq == 6))
+            elif kind == "rehash":
+                await _forge_rehashed(session, target["id"])
+            elif kind == "actor":
+                await session.execute(sa.update(table).where(mine, table.c.seq == 5)
+                                      .values(actor="admin:mallory"))
+            else:  # the incident's head claims more entries than there are
+                await session.execute(sa.update(incidents).where(incidents.c.id == target["id"])
+                                      .values(timeline_seq=7))
+
+    original = client.portal.call(snapshot)
+    for kind, seq, reason in (
         ("delete_middle", 3, "sequence gap: expected 2, found 3"),
         ("delete_last", 6, "chain ends at seq 5"),
         ("rehash", 4, "prev_hash does not match the previous entry"),
         ("actor", 5, "content does not match its hash"),
-    ],
-)
-def test_audit_verify_catches_each_kind_of_damage(client: TestClient, make_key: Any,
-                                                  audit: Callable[..., Any], damage: str,
-                                                  seq: int, reason: str) -> None:
-    made = history(client, make_key, n=2)
-    target = made[1]  # 6 entries
-    where = entry_where(target["id"], seq if damage != "delete_middle" else 2)
-    if damage.startswith("delete"):
-        tamper(client, sa.delete(TimelineEntry).where(where))
-    elif damage == "rehash":  # a forger who recomputes the entry's own hash still breaks
-        # the link to the next one; here: entry 3 rewritten with a fresh (self-consistent)
-        # hash, so entry 4's prev_hash no longer matches
-        from app.incidents.timeline import _content, entry_hash
-
-        async def forge() -> None:
-            async with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
-                entry = (await session.execute(sa.select(TimelineEntry).where(
-                    entry_where(target["id"], 3)))).scalar_one()
-                entry.actor = "leader:someone else"
-                entry.hash = entry_hash(entry.prev_hash, _content(entry))
-                session.add(entry)
-
-        client.portal.call(forge)
-    else:
-        tamper(client, sa.update(TimelineEntry).where(where).values(actor="admin:mallory"))
-
-    result = audit()
-    assert result.exit_code == 1, result.output
-    assert result.stdout.startswith(f"BROKEN: {target['reference']} ")
-    assert f" seq {seq}: " in result.stdout and reason in result.stdout, result.stdout
-
-
-def test_verify_all_streams_in_batches(client: TestClient, make_key: Any) -> None:
-    history(client, make_key, n=5)
-    calls: list[tuple[int, int]] = []
-
-    result = client.portal.call(lambda: verify_all(
-        client.app.state.db, batch_size=2, progress=lambda done, total: calls.append(  # type: ignore[attr-defined]
-            (done, total))))
-    assert result.broken is None
-    assert (result.incidents, result.entries) == (5, count_entries(client))
-    assert calls == [(2, 5), (4, 5), (5, 5)]
-
-    # an incident whose head moved past its last entry (entries lost at the end)
-    target = Incident.__table__  # type: ignore[attr-defined]
-    tamper(client, sa.update(target).values(timeline_seq=target.c.timeline_seq + 1))
-    result = client.portal.call(lambda: verify_all(client.app.state.db))  # type: ignore[attr-defined]
-    assert result.broken is not None and "timeline head" in result.broken.reason
-
-
-def test_installed_command_runs_against_the_database(client: TestClient, make_key: Any,
-                                                     db_url: str) -> None:
-    history(client, make_key, n=2)
-    env = {**os.environ, "CRISISFLOW_DATABASE_URL": db_url}
-    exe = Path(sys.executable).with_name("crisisflow")
-    done = subprocess.run([str(exe), "audit", "verify"], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == f"2 incidents, {count_entries(client)} entries verified\n"
+        ("head", 7, "timeline head is seq 7"),
+    ):
+        client.portal.call(damage, kind)
+        result = audit()
+        assert result.exit_code == 1, (kind, result.output)
+        assert result.stdout.startswith(f"BROKEN: {target['reference']} "), kind
+        assert f" seq {seq}: " in result.stdout and reason in result.stdout, result.stdout
+        client.portal.call(restore, original)
+        assert audit().exit_code == 0, kind

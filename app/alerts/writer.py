@@ -23,6 +23,7 @@ from app.alerts.models import AlertResult, WebhookReceipt
 from app.alerts.parsers import ParsedAlert
 from app.core.clock import utcnow
 from app.core.db import Database
+from app.core.errors import is_database_unavailable
 from app.core.types import table_of
 
 log = logging.getLogger("crisisflow.ingest")
@@ -98,8 +99,8 @@ class IngestWriter:
                     async with session.begin_nested():
                         outcomes.append((request, await self._one(session, request)))
                 except Exception as exc:
-                    if single:
-                        raise
+                    if single or is_database_unavailable(exc):
+                        raise  # the whole group fails: its transaction is gone
                     outcomes.append((request, exc))
         if single:
             return outcomes[0][1]  # type: ignore[no-any-return]

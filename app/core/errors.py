@@ -17,7 +17,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from sqlalchemy.exc import DataError, DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    OperationalError,
+    PendingRollbackError,
+    SQLAlchemyError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -157,7 +163,8 @@ _STATUS_PROBLEMS: dict[int, type[ProblemError]] = {
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, PoolTimeout):
+    if isinstance(exc, PoolTimeout | PendingRollbackError):
+        # PendingRollbackError: the connection died inside a transaction being rolled back.
         return True
     if isinstance(exc, OperationalError):
         text = str(exc.orig if exc.orig is not None else exc).lower()
