@@ -133,7 +133,8 @@ def settings_env() -> dict[str, Any]:
 
 @pytest.fixture
 def settings(db_url: str, settings_env: dict[str, Any]) -> Settings:
-    return Settings(database_url=db_url, log_json=False, access_log=False, **settings_env)
+    values = {"log_json": False, "access_log": False, **settings_env}
+    return Settings(database_url=db_url, **values)
 
 
 @pytest.fixture(autouse=True)

@@ -100,7 +100,16 @@ class RequestContextMiddleware:
         await response(scope, receive, send)
 
 
+API_PREFIX = "/api/v1"
+
+
 def _route_template(scope: Scope) -> str:
+    """The matched route's template (bounded label values for metrics). Routes of included
+    routers carry their path without the router's prefix."""
     route: Any = scope.get("route")
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return str(path) if path else "unmatched"
+    if not path:
+        return "unmatched"
+    if scope["path"].startswith(API_PREFIX) and not str(path).startswith(API_PREFIX):
+        return API_PREFIX + str(path)
+    return str(path)
