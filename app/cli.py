@@ -286,6 +286,8 @@ def audit_verify(
     """Walk every incident's hash-chained timeline; exit 1 at the first broken link."""
     import time
 
+    from sqlalchemy.exc import DBAPIError
+
     from app.incidents.timeline import verify_all
 
     started = last = time.monotonic()
@@ -297,7 +299,11 @@ def audit_verify(
             last = now
             typer.echo(f"verified {done}/{total} incidents ({now - started:.0f} s)", err=True)
 
-    result = _with_db(lambda db: verify_all(db, batch_size=batch_size, progress=progress))
+    try:
+        result = _with_db(lambda db: verify_all(db, batch_size=batch_size, progress=progress))
+    except DBAPIError as exc:  # exit 2: could not check at all (1 means a broken chain)
+        _fail(f"cannot read the incident record ({type(exc.orig).__name__}: "
+              f"{str(exc.orig).strip()}); is the database migrated? (crisisflow migrate)", 2)
     if result.broken is not None:
         b = result.broken
         typer.echo(f"BROKEN: {b.reference} (incident {b.incident_id}) seq {b.seq}: {b.reason}")

@@ -18,6 +18,7 @@ from app.core.errors import install_error_handlers
 from app.core.middleware import RequestContextMiddleware
 from app.core.migrate import head_revisions
 from app.core.openapi import install_openapi
+from app.core.ratelimit import RateLimiter
 from app.idempotency.middleware import IdempotencyMiddleware
 from app.incidents.router import build_router as build_incidents_router
 from app.notifications.router import router as notifications_router
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
     )
     app.state.settings = settings
     app.state.key_cache = KeyCache()
+    app.state.rate_limiter = RateLimiter(settings.ingest_rate_limit, settings.ingest_burst)
     app.state.run_worker = run_worker
     install_error_handlers(app)
     install_openapi(app)

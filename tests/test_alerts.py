@@ -1018,8 +1018,6 @@ def test_unsigned_monitor_keys_need_no_signature(client: TestClient, monitor: He
 
 # -- rate limit (api.md, Conventions) ----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="CRISISFLOW_INGEST_RATE_LIMIT / _INGEST_BURST are read "
-                   "into Settings but nothing enforces them: no 429 is ever sent")
 @pytest.mark.parametrize("settings_env", [{"ingest_rate_limit": 1, "ingest_burst": 5}])
 def test_ingest_is_rate_limited_per_key(client: TestClient, monitor: Headers,
                                         make_key: MakeKey) -> None:

@@ -14,6 +14,7 @@ from app.core.clock import utcnow
 from app.core.errors import Unauthenticated, UnsupportedMediaType, ValidationProblem
 from app.core.jsonutil import dumps, loads
 from app.core.pagination import MAX_LIMIT, Page
+from app.core.ratelimit import RateLimiter
 from app.core.signing import SignatureError, verify
 from app.incidents.service import get_visible
 
@@ -77,6 +78,8 @@ def _verify_signature(request: Request, principal: Principal, body: bytes) -> st
 
 async def _accept(request: Request, principal: Principal, alerts: list[ParsedAlert],
                   webhook_id: str | None) -> Response:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    limiter.check(principal.key_id, len(alerts))
     writer: IngestWriter = request.app.state.ingest
     try:
         results, replayed = await writer.submit(alerts, principal.actor, principal.key_id,

@@ -27,7 +27,7 @@ from app.core.errors import is_database_unavailable
 from app.core.types import table_of
 
 log = logging.getLogger("crisisflow.ingest")
-MAX_GROUP_ALERTS = 5000
+MAX_GROUP_ALERTS = 2000
 MAX_WEBHOOK_ID = 200  # webhook_receipt.webhook_id
 
 
