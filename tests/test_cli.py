@@ -184,3 +184,16 @@ def test_audit_verify_catches_each_kind_of_damage(client: TestClient, make_key: 
         assert f" seq {seq}: " in result.stdout and reason in result.stdout, result.stdout
         client.portal.call(restore, original)
         assert audit().exit_code == 0, kind
+
+
+def test_audit_verify_on_an_unmigrated_database_exits_2(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRISISFLOW_DATABASE_URL", f"sqlite:///{tmp_path}/blank.db")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["audit", "verify"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert "no such table" in result.stderr and "crisisflow migrate" in result.stderr
+    assert result.stdout == ""

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from pydantic import Field
 
 from app.api.deps import (
+    DatabaseDep,
     DutyOfficer,
     Leader,
     Reader,
@@ -51,6 +52,15 @@ def env(request: Request) -> service.Env:
 
 
 EnvDep = Annotated[service.Env, Depends(env)]
+
+
+async def _observe(incident_id: str, db: DatabaseDep) -> int | None:
+    # Read before the write transaction queues for the lock (declare it before SessionDep).
+    async with db.read() as session:
+        return await service.observed_version(session, incident_id)
+
+
+Observed = Annotated[int | None, Depends(_observe)]
 
 
 def _etag(response: Response, inc: IncidentPublic) -> IncidentPublic:
@@ -120,21 +130,24 @@ def build_router(workflows: WorkflowRegistry) -> APIRouter:
 
     @router.patch("/incidents/{incident_id}", response_model=IncidentPublic, responses=_CONFLICTS)
     async def patch_incident(incident_id: str, item_in: IncidentUpdate, response: Response,
-                             principal: DutyOfficer, session: SessionDep, e: EnvDep,
-                             if_match: IfMatch = None) -> IncidentPublic:
+                             principal: DutyOfficer, observed: Observed, session: SessionDep,
+                             e: EnvDep, if_match: IfMatch = None) -> IncidentPublic:
         """Edit descriptive fields (never the state)."""
-        inc = await service.update(session, e, incident_id, item_in, principal, if_match)
+        inc = await service.update(session, e, incident_id, item_in, principal, if_match,
+                                   observed)
         return _etag(response, await service.to_public(session, e, inc, principal))
 
     @router.post("/incidents/{incident_id}/transitions", response_model=IncidentPublic,
                  responses=_CONFLICTS)
     async def transition(incident_id: str, body: Annotated[TransitionIn, Body()],  # type: ignore[valid-type]
-                         response: Response, principal: DutyOfficer, session: SessionDep,
-                         e: EnvDep, if_match: IfMatch = None) -> IncidentPublic:
+                         response: Response, principal: DutyOfficer, observed: Observed,
+                         session: SessionDep, e: EnvDep,
+                         if_match: IfMatch = None) -> IncidentPublic:
         """Fire a trigger: `{"trigger": "assess", ...payload}`."""
         data = body.model_dump(mode="json", exclude_unset=True)  # type: ignore[attr-defined]
         trigger = data.pop("trigger")
-        inc, _ = await service.fire(session, e, incident_id, trigger, data, principal, if_match)
+        inc, _ = await service.fire(session, e, incident_id, trigger, data, principal, if_match,
+                                    observed=observed)
         return _etag(response, await service.to_public(session, e, inc, principal))
 
     @router.get("/incidents/{incident_id}/timeline", response_model=Page[TimelineEntryPublic],

@@ -270,8 +270,24 @@ async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor
     return inc
 
 
-def check_if_match(inc: Incident, if_match: str | None) -> None:
+async def observed_version(session: AsyncSession, incident_id: str) -> int | None:
+    """The version a request saw when it arrived, before it queued for the incident's lock."""
+    stmt = select(Incident.version).where(Incident.id == incident_id)
+    return (await session.exec(stmt)).first()
+
+
+def check_if_match(inc: Incident, if_match: str | None, observed: int | None = None) -> None:
+    """If-Match decides when given (412 when stale). Without it, a writer that raced another
+    one (the incident moved on while it waited for the lock) loses with 409: exactly one of
+    the writers racing from one version wins, and none is applied on top of a state it
+    never saw."""
     if if_match is None or if_match.strip() == "*":
+        if observed is not None and if_match is None and inc.version != observed:
+            raise Conflict(
+                "Another writer changed the incident while this request waited; "
+                "read it again and retry.",
+                current_version=inc.version,
+            )
         return
     wanted = {tag.strip().removeprefix("W/").strip('"') for tag in if_match.split(",")}
     if str(inc.version) not in wanted:
@@ -282,9 +298,10 @@ def check_if_match(inc: Incident, if_match: str | None) -> None:
 
 
 async def update(session: AsyncSession, env: Env, incident_id: str, item_in: IncidentUpdate,
-                 principal: Principal, if_match: str | None) -> Incident:
+                 principal: Principal, if_match: str | None,
+                 observed: int | None = None) -> Incident:
     inc = await get_visible(session, incident_id, principal, for_update=True)
-    check_if_match(inc, if_match)
+    check_if_match(inc, if_match, observed)
     changes = item_in.model_dump(exclude_unset=True)
     if "title" in changes and changes["title"] is None:
         raise ValidationProblem("title cannot be null", [{"loc": ["body", "title"], "msg": "null"}])
@@ -338,9 +355,10 @@ def validate_payload(wf: Workflow, trigger: str, body: dict[str, Any]) -> dict[s
 
 async def fire(session: AsyncSession, env: Env, incident_id: str, trigger: str,
                body: dict[str, Any], principal: Principal, if_match: str | None = None,
-               *, internal: bool = False) -> tuple[Incident, Proposal | None]:
+               *, internal: bool = False,
+               observed: int | None = None) -> tuple[Incident, Proposal | None]:
     inc = await get_visible(session, incident_id, principal, for_update=True)
-    check_if_match(inc, if_match)
+    check_if_match(inc, if_match, observed)
     wf = env.workflows.find(inc.workflow, inc.workflow_version)
     if wf is None:
         raise Conflict(f"{inc.reference} follows workflow {inc.workflow} v{inc.workflow_version}, "
