@@ -23,6 +23,7 @@ from tests.factories import PROBLEM, assert_problem
         ("CRISISFLOW_SLA_OVERRIDES", "nap.critical=1h", "unknown clock"),
         ("CRISISFLOW_INGEST_RATE_LIMIT", "-5", "CRISISFLOW_INGEST_RATE_LIMIT"),
         ("CRISISFLOW_SMTP_PORT", "seventy", "CRISISFLOW_SMTP_PORT"),
+        ("CRISISFLOW_SMTP_PASSWORD", "mật-khẩu", "ASCII"),
     ],
 )
 def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str,

@@ -287,3 +287,44 @@ def test_down_hanging_then_dead_then_manual_retry(client: TestClient, admin: dic
     assert n["status"] == "delivered" and n["attempts"][-1]["outcome"] == "delivered"
     assert {r.headers["webhook-id"] for r in receiver.requests} == {n["id"]}
     assert sub["has_secret"] is False
+
+
+class TestEmailThroughTheOutbox:
+    """An escalation goes out by email to a real SMTP server, Vietnamese with an English line."""
+
+    @pytest.fixture
+    def smtp(self) -> Iterator[Any]:
+        from tests.helpers.receivers import SmtpReceiver
+
+        with SmtpReceiver(credentials={"crisis": "s3cret-pass"}) as server:
+            yield server
+
+    @pytest.fixture
+    def settings_env(self, smtp: Any) -> dict[str, Any]:
+        return {"smtp_host": "127.0.0.1", "smtp_port": smtp.port, "smtp_username": "crisis",
+                "smtp_password": "s3cret-pass", "smtp_from": "canhbao@crisisflow.example"}
+
+    def test_escalation_email(self, client: TestClient, admin: dict[str, str],
+                              duty: dict[str, str], smtp: Any,
+                              drain: Callable[[], None]) -> None:
+        resp = client.post("/api/v1/subscriptions", headers=admin, json={
+            "agency": "MIC", "notifier": "email", "target": "truc-ban@mic.example.vn",
+            "events": ["incident.escalated"]})
+        assert resp.status_code == 201, resp.text
+        assert_problem(client.post("/api/v1/subscriptions", headers=admin, json={
+            "agency": "MIC", "notifier": "email", "target": "not an address",
+            "events": ["incident.escalated"]}), 422, "/problems/validation")
+        inc = open_incident(client, duty, title="Tin giả về học phí", affected_agencies=["MOET"])
+        fire(client, duty, inc["id"], "assess", **{**ASSESS, "severity": "critical"})
+        drain()
+        [mail] = smtp.wait_for(1)
+        message = mail.message
+        assert message["To"] == "truc-ban@mic.example.vn"
+        assert inc["reference"] in message["Subject"]
+        assert "Leo thang" in message["Subject"]
+        body = message.get_content()
+        assert "Tin giả về học phí" in body and "English" in body
+        [n] = notifications(client, admin)
+        assert message["Message-ID"] == f"<{n['id']}@crisisflow>"
+        assert n["status"] == "delivered"
+        assert smtp.auth_attempts == [("crisis", True)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -87,6 +88,15 @@ class Settings(BaseSettings):
     @classmethod
     def _check_window(cls, value: str) -> str:
         parse_duration(value)
+        return value
+
+    @field_validator("smtp_username", "smtp_password")
+    @classmethod
+    def _ascii_credentials(cls, value: Any) -> Any:
+        # SMTP AUTH (smtplib) sends credentials as ASCII; anything else would fail every send.
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if text is not None and not str(text).isascii():
+            raise ValueError("SMTP credentials must be ASCII")
         return value
 
     @field_validator("log_level")
