@@ -3,6 +3,7 @@ temporary folder, its own port, pg_ctl to stop and start it), never the shared c
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -64,10 +65,8 @@ class PrivatePostgres:
             conn.execute("CREATE DATABASE crisisflow")
 
     def cleanup(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.stop()
-        except Exception:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 

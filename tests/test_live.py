@@ -14,8 +14,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.clock import clock
-from tests.factories import ASSESS, PROPOSAL, RESPONSE, assert_problem, fire, live_server, \
-    open_incident
+from tests.factories import (
+    ASSESS,
+    PROPOSAL,
+    RESPONSE,
+    assert_problem,
+    fire,
+    live_server,
+    open_incident,
+)
 
 H = timedelta(hours=1)
 

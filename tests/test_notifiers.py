@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from tests.helpers.receivers import HttpReceiver, SmtpReceiver, self_signed_cert
 from pydantic import SecretStr
 
 from app.core.config import Settings
@@ -36,6 +35,7 @@ from notifiers.base import (
 from notifiers.email import EmailNotifier
 from notifiers.log import LogNotifier
 from notifiers.webhook import WebhookNotifier
+from tests.helpers.receivers import HttpReceiver, SmtpReceiver, self_signed_cert
 
 T = TypeVar("T")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

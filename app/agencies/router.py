@@ -39,7 +39,11 @@ async def create_agency(
 
 @router.put("/{code}", response_model=AgencyPublic, responses={201: {"model": AgencyPublic}})
 async def put_agency(
-    code: Annotated[str, Path(pattern=CODE_PATTERN)], item_in: AgencyUpdate, response: Response, _: Admin, session: SessionDep
+    code: Annotated[str, Path(pattern=CODE_PATTERN)],
+    item_in: AgencyUpdate,
+    response: Response,
+    _: Admin,
+    session: SessionDep,
 ) -> AgencyPublic:
     """Replace an agency (or create it: 201)."""
     agency, created = await service.put_agency(session, code, item_in)
