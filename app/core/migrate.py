@@ -15,6 +15,7 @@ import migrations
 from app.core.db import make_sync_engine, sync_url
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+MIGRATION_LOCK = 0x0C41F1
 
 
 def alembic_config(url: str) -> Config:
@@ -31,6 +32,9 @@ def upgrade(url: str, revision: str = "head") -> None:
     engine = make_sync_engine(url)
     try:
         with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together migrate one after the other.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
