@@ -296,11 +296,27 @@ def server_log_summary(proc: Proc, limit: int = 4) -> dict[str, Any]:
             level = line.split(":", 1)[0].lower()
         if level in ("warning", "error", "critical"):
             counts[level] = counts.get(level, 0) + 1
-            key = f"[{level}] {msg[:300]}"
+            key = f"[{level}] {' '.join(msg.split())[:300]}"
             samples[key] = samples.get(key, 0) + 1
     top = sorted(samples.items(), key=lambda kv: -kv[1])[:limit]
     return {"counts": counts, "tracebacks": tracebacks,
-            "samples": [f"{n}x {text}" for text, n in top], "path": str(proc.stderr_path)}
+            "samples": [f"{n}x {text}{_known_cause(text)}" for text, n in top],
+            "path": str(proc.stderr_path)}
+
+
+KNOWN_CAUSES = {
+    "ClientDisconnect": "a client closed its connection before the request body was read; "
+                        "wrk does this to requests still queued when a run ends",
+    "timeout graceful shutdown exceeded": "requests still running when the harness stopped "
+                                          "the server (uvicorn's 5 s graceful shutdown)",
+}
+
+
+def _known_cause(text: str) -> str:
+    for needle, cause in KNOWN_CAUSES.items():
+        if needle in text:
+            return f" ({cause})"
+    return ""
 
 
 # -- databases -----------------------------------------------------------------------------------
@@ -359,7 +375,7 @@ def postgres_available() -> str | None:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure means "skip PostgreSQL"
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}".strip()
 
 
@@ -539,6 +555,8 @@ def parse_wrk(text: str) -> WrkResult:
                 r.duration_s = data["duration_us"] / 1e6
     if not r.rps and r.duration_s:
         r.rps = r.requests / r.duration_s
+    if r.requests == 0:  # wrk prints zeros for an empty histogram
+        r.dist_ms, r.pct_ms = {}, {}
     return r
 
 
@@ -564,7 +582,7 @@ def ensure_wrk() -> str:
 def run_wrk(url: str, script: str, *, threads: int, connections: int, duration: float,
             timeout_s: float, env: dict[str, str], tag: str) -> WrkResult:
     wrk = ensure_wrk()
-    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{int(round(duration))}s",
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
             f"--timeout={int(timeout_s)}s", "--latency", "-s", str(BENCH_DIR / script), url]
     full_env = dict(os.environ, BENCH_LUA_DIR=str(BENCH_DIR), **env)
     try:
@@ -578,3 +596,65 @@ def run_wrk(url: str, script: str, *, threads: int, connections: int, duration: 
     if done.returncode != 0 or "requests in" not in done.stdout:
         raise BenchError(f"wrk ({tag}) failed ({done.returncode}): {text.strip()[-600:]}")
     return parse_wrk(done.stdout)
+
+
+# -- other load on the machine -------------------------------------------------------------------
+
+def _proc_table() -> dict[int, tuple[int, str, int]]:
+    """pid -> (ppid, comm, utime+stime ticks) for every process."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.find("(") + 1:raw.rfind(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        table[int(entry.name)] = (int(fields[1]), comm, int(fields[11]) + int(fields[12]))
+    return table
+
+
+def _foreign(table: dict[int, tuple[int, str, int]], root: int) -> dict[int, tuple[str, int]]:
+    """Processes that are neither ours (descendants of `root`) nor PostgreSQL's."""
+    ours: dict[int, bool] = {}
+
+    def is_ours(pid: int) -> bool:
+        seen = []
+        while pid > 1 and pid not in ours:
+            if pid == root:
+                ours[pid] = True
+                break
+            seen.append(pid)
+            pid = table.get(pid, (0, "", 0))[0]
+        result = ours.get(pid, False)
+        for p in seen:
+            ours[p] = result
+        return result
+
+    return {pid: (comm, ticks) for pid, (_, comm, ticks) in table.items()
+            if not is_ours(pid) and comm not in ("postgres", "postmaster")}
+
+
+class ForeignLoad:
+    """CPU used by other processes on the machine (not ours, not PostgreSQL) over a span."""
+
+    def __init__(self) -> None:
+        self.root = os.getpid()
+        self.t0 = time.monotonic()
+        self.before = _foreign(_proc_table(), self.root)
+
+    def finish(self) -> tuple[float, list[str]]:
+        """(total CPU % of other processes, up to 3 of the busiest as 'comm pid: N%')."""
+        after = _foreign(_proc_table(), self.root)
+        elapsed = max(time.monotonic() - self.t0, 1e-6)
+        hz = os.sysconf("SC_CLK_TCK")
+        used = []
+        for pid, (comm, ticks) in after.items():
+            start = self.before.get(pid, (comm, 0))[1]
+            pct = 100.0 * (ticks - start) / hz / elapsed
+            if pct > 0.5:
+                used.append((pct, f"{comm} {pid}: {pct:.0f}%"))
+        used.sort(reverse=True)
+        return sum(p for p, _ in used), [label for _, label in used[:3]]

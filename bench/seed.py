@@ -12,29 +12,36 @@ diacritics, `reference` is `INC-YYYY-NNNNNN` numbered in creation order per year
 and affected agencies. Not seeded: timeline entries, deadlines, alerts (an incident's
 `timeline_seq` is 0).
 
-SQLite: executemany through the sync SQLAlchemy engine with the app's own table objects (so
-values are stored exactly as the app stores them); the FTS5 insert trigger fills
-`incident_fts`. PostgreSQL: COPY via psycopg, with the secondary indexes of the two tables
-dropped for the load and recreated from their own definitions afterwards. Both: ANALYZE.
+Rows are generated in worker processes (2 by default), in chunks, in creation order.
+SQLite: executemany on the sync engine's connection, every value passed through the bind
+processor SQLAlchemy uses for that column (so it is stored exactly as the app stores it), in
+one transaction; `incident_fts` is filled with FTS5's 'rebuild' while the insert trigger is set
+aside, then the trigger is put back from its own stored SQL, and the seeder checks that the FTS
+index finds exactly the rows a LIKE scan finds. PostgreSQL: COPY via psycopg, with the
+secondary indexes of the two tables dropped for the load and recreated from their own
+definitions afterwards (one transaction). Both: ANALYZE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from bisect import bisect
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import sqlalchemy as sa
 import uuid_utils
 
-from app.incidents.search import search_text
+from app.incidents.search import fold, search_text
 
 CHUNK = 20_000
 
@@ -96,6 +103,22 @@ _state, _severity, _category, _resolution = map(
     _chooser, (STATES, SEVERITIES, CATEGORIES, RESOLUTIONS))
 
 
+def _search_text(cache: dict[str | None, str], title: str, description: str | None) -> str:
+    """`search_text(title, description)` from cached folds of its two parts.
+
+    Folding maps character by character and collapses spaces, and Unicode normalisation
+    never reaches across a space, so fold(t + " " + d) == fold(t) + " " + fold(d) when both
+    are non-empty; `_verify_search_text` checks this against the real function on a sample.
+    """
+    t = cache.get(title)
+    if t is None:
+        t = cache[title] = fold(title)
+    d = cache.get(description) if description else ""
+    if d is None:
+        d = cache[description] = fold(description)
+    return f"{t} {d}" if t and d else (t or d)
+
+
 def _agency_codes() -> tuple[list[str], list[str]]:
     from app.agencies.service import seed_records
 
@@ -112,91 +135,150 @@ def _workflow() -> tuple[str, int]:
     return wf.name, wf.version
 
 
-def generate(count: int, counters: dict[int, int], *, seed: int = 1,
-             now: datetime | None = None, zone: str = "Asia/Ho_Chi_Minh",
-             ) -> Iterator[tuple[dict[str, Any], list[str]]]:
-    """(incident row, agency codes) in creation order; `counters` ends as {year: last number}."""
+def _year_starts(tz: ZoneInfo, first: int, last: int) -> list[tuple[datetime, int]]:
+    return [(datetime(y, 1, 1, tzinfo=tz).astimezone(UTC), y) for y in range(first, last + 2)]
+
+
+# -- planning: creation times and reference numbers, split into chunks for worker processes ---
+
+@dataclass
+class Chunk:
+    no: int
+    seed: int
+    now: datetime
+    start: datetime
+    offsets: list[float]  # seconds after `start`, ascending
+    years: list[int]  # the calendar year (CRISISFLOW_TIMEZONE) of each offset
+    first_seq: dict[int, int]  # year -> the last reference number before this chunk
+
+
+def plan(count: int, *, seed: int = 1, now: datetime | None = None,
+         zone: str = "Asia/Ho_Chi_Minh", chunk: int = CHUNK) -> tuple[list[Chunk], dict[int, int]]:
+    """Chunks in creation order, and {year: last reference number} over all of them."""
     rng = random.Random(seed)
     now = now or datetime.now(UTC)
     tz = ZoneInfo(zone)
-    wf_name, wf_version = _workflow()
-    all_codes, ministries = _agency_codes()
     span = 365 * 86400.0
-    offsets = sorted(rng.random() * span for _ in range(count))
     start = now - timedelta(seconds=span + 3600)
-    folded: dict[tuple[str, str | None], str] = {}
+    offsets = sorted(rng.random() * span for _ in range(count))
+    bounds = [((at - start).total_seconds(), y)
+              for at, y in _year_starts(tz, start.astimezone(tz).year, now.astimezone(tz).year)]
+    chunks: list[Chunk] = []
+    counters: dict[int, int] = {}
+    b = 0
+    for no, lo in enumerate(range(0, count, chunk)):
+        part = offsets[lo:lo + chunk]
+        years = []
+        first = dict(counters)
+        for off in part:
+            while b + 1 < len(bounds) and off >= bounds[b + 1][0]:
+                b += 1
+            year = bounds[b][1]
+            years.append(year)
+            counters[year] = counters.get(year, 0) + 1
+        chunks.append(Chunk(no, seed * 7919 + no, now, start, part, years, first))
+    return chunks, counters
+
+
+# -- generation -----------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    wf_name: str
+    wf_version: int
+    all_codes: list[str]
+    ministries: list[str]
+
+
+def make_context() -> Context:
+    all_codes, ministries = _agency_codes()
+    return Context(*_workflow(), all_codes, ministries)
+
+
+def generate(chunk: Chunk, ctx: Context) -> Iterator[tuple[dict[str, Any], list[str]]]:
+    """(incident row, agency codes) for each creation time of the chunk, in order."""
+    rng = random.Random(chunk.seed)
+    r = rng.random
+    now, start = chunk.now, chunk.start
+    seqs = dict(chunk.first_seq)
+    folded: dict[str | None, str] = {}
     previous_id: str | None = None
-    for offset in offsets:
+    n_subj, n_places, n_desc, n_plat, n_chan = (
+        len(SUBJECTS), len(PLACES), len(DESCRIPTIONS), len(PLATFORMS), len(CHANNELS))
+    all_codes, ministries = ctx.all_codes, ctx.ministries
+    n_all, n_min = len(all_codes), len(ministries)
+    deadline_hours = [2, 4, 8, 24, 72]
+    head0 = "0" * 64
+    for offset, year in zip(chunk.offsets, chunk.years, strict=True):
         created = start + timedelta(seconds=offset)
-        year = created.astimezone(tz).year
-        counters[year] = counters.get(year, 0) + 1
+        seq = seqs[year] = seqs.get(year, 0) + 1
         category = _category(rng)
         severity = _severity(rng)
         state = _state(rng)
-        subject = rng.choice(SUBJECTS)
-        title = f"{rng.choice(TITLE_BY_CATEGORY[category])} {subject}{rng.choice(PLACES)}"
-        desc_tpl = rng.choice(DESCRIPTIONS)
-        description = desc_tpl.format(p=rng.choice(PLATFORMS), s=subject) or None
-        st = folded.get((title, description))
-        if st is None:
-            st = folded[(title, description)] = search_text(title, description)
+        subject = SUBJECTS[int(r() * n_subj)]
+        prefixes = TITLE_BY_CATEGORY[category]
+        title = f"{prefixes[int(r() * len(prefixes))]} {subject}{PLACES[int(r() * n_places)]}"
+        description = DESCRIPTIONS[int(r() * n_desc)].format(
+            p=PLATFORMS[int(r() * n_plat)], s=subject) or None
+        st = _search_text(folded, title, description)
 
-        from_alerts = rng.random() < 0.6
+        from_alerts = r() < 0.6
         lead = None
-        if rng.random() < 0.85:
-            lead = rng.choice(ministries) if rng.random() < 0.7 else rng.choice(all_codes)
-        affected = [c for c in {rng.choice(all_codes) for _ in range(rng.randrange(0, 3))}
-                    if c != lead]
+        if r() < 0.85:
+            lead = ministries[int(r() * n_min)] if r() < 0.7 else all_codes[int(r() * n_all)]
+        affected: list[str] = []
+        for _ in range(int(r() * 3)):
+            code = all_codes[int(r() * n_all)]
+            if code != lead and code not in affected:
+                affected.append(code)
         t = created
         assessed_at = first_response_at = None
         assessment = closure = None
         version = 1
         escalation = 0
-        closed_from_detected = state == "closed" and rng.random() < 0.15
+        closed_from_detected = state == "closed" and r() < 0.15
         if state != "detected" and not closed_from_detected:
-            t = t + timedelta(minutes=rng.uniform(5, 240))
+            t = t + timedelta(seconds=300 + r() * 14100)
             assessed_at = t
             version += 1
-            assessment = {"summary": f"Đánh giá: {subject}", "reach": rng.randrange(100, 10**6),
+            assessment = {"summary": f"Đánh giá: {subject}", "reach": int(100 + r() * 10**6),
                           "at": t.isoformat(), "by": "duty_officer:seed"}
-            if severity == "critical" and rng.random() < 0.7:
+            if severity == "critical" and r() < 0.7:
                 escalation = 2
-            elif severity in ("high", "critical") and rng.random() < 0.6:
+            elif (severity == "high" or severity == "critical") and r() < 0.6:
                 escalation = 1
-        if state in ("task_force_proposed", "response_issued", "closed") and \
-                severity in ("high", "critical") and assessment is not None:
-            t = t + timedelta(minutes=rng.uniform(10, 600))
+        if assessment is not None and (severity == "high" or severity == "critical") and \
+                state in ("task_force_proposed", "response_issued", "closed"):
+            t = t + timedelta(seconds=600 + r() * 35400)  # task force proposed (and approved)
             version += 1
-        if state in ("response_issued", "closed") and assessment is not None:
-            t = t + timedelta(minutes=rng.uniform(10, 1440))
+        if assessment is not None and state in ("response_issued", "closed"):
+            t = t + timedelta(seconds=600 + r() * 85800)
             first_response_at = t
             version += 1
         if state == "closed":
-            t = t + timedelta(hours=rng.uniform(1, 240))
+            t = t + timedelta(seconds=3600 + r() * 860400)
             resolution = "dismissed" if closed_from_detected else _resolution(rng)
             if first_response_at is None and resolution == "resolved":
                 resolution = "dismissed"
-            dup = previous_id if resolution == "duplicate" and previous_id else None
+            dup = previous_id if resolution == "duplicate" else None
             if resolution == "duplicate" and dup is None:
                 resolution = "dismissed"
             version += 1
             closure = {"resolution": resolution, "summary": f"Đã xử lý: {subject}",
                        "lessons_learned": None, "duplicate_of": dup,
                        "closed_at": t.isoformat(), "closed_by": "duty_officer:seed"}
-        t = min(t, now)
-        alert_count = rng.randrange(1, 40) if from_alerts else 0
-        first_alert = created if from_alerts else None
-        last_alert = (created + (t - created) * rng.random()) if from_alerts else None
+        if t > now:
+            t = now
         deadline_at, overdue = None, False
         if state != "closed":
-            deadline_at = t + timedelta(hours=rng.choice([2, 4, 8, 24, 72]))
-            overdue = deadline_at < now and rng.random() < 0.5
+            deadline_at = t + timedelta(hours=deadline_hours[int(r() * 5)])
+            overdue = deadline_at < now and r() < 0.5
         ident = str(uuid_utils.uuid7(nanoseconds=int(created.timestamp() * 1e9)))
         row = {
             "id": ident,
-            "reference": f"INC-{year}-{counters[year]:06d}",
-            "workflow": wf_name,
-            "workflow_version": wf_version,
+            "reference": f"INC-{year}-{seq:06d}",
+            "workflow": ctx.wf_name,
+            "workflow_version": ctx.wf_version,
             "title": title,
             "description": description,
             "state": state,
@@ -205,19 +287,19 @@ def generate(count: int, counters: dict[int, int], *, seed: int = 1,
             "search_text": st,
             "lead_agency": lead,
             "affected_agencies": affected,
-            "channels": [rng.choice(CHANNELS)],
-            "links": [f"https://{rng.choice(CHANNELS)}.example.vn/p/{rng.randrange(10**9)}"],
-            "tags": [subject.split()[0]] if rng.random() < 0.3 else [],
+            "channels": [CHANNELS[int(r() * n_chan)]],
+            "links": [f"https://{CHANNELS[int(r() * n_chan)]}.example.vn/p/{int(r() * 1e9)}"],
+            "tags": [subject.split()[0]] if r() < 0.3 else [],
             "assessment": assessment,
             "closure": closure,
             "escalation_level": escalation,
             "overdue": overdue,
             "deadline_at": deadline_at,
             "version": version,
-            "alert_count": alert_count,
-            "first_alert_at": first_alert,
-            "last_alert_at": last_alert,
-            "group_key": f"topic=t{rng.randrange(5000):04d}" if from_alerts else None,
+            "alert_count": int(1 + r() * 39) if from_alerts else 0,
+            "first_alert_at": created if from_alerts else None,
+            "last_alert_at": (created + (t - created) * r()) if from_alerts else None,
+            "group_key": f"topic=t{int(r() * 5000):04d}" if from_alerts else None,
             "first_response_at": first_response_at,
             "assessed_at": assessed_at,
             "created_by": "monitor:bench-seed" if from_alerts else "duty_officer:seed",
@@ -225,32 +307,127 @@ def generate(count: int, counters: dict[int, int], *, seed: int = 1,
             "updated_at": t,
             "state_changed_at": t,
             "timeline_seq": 0,
-            "timeline_head": "0" * 64,
+            "timeline_head": head0,
         }
         previous_id = ident
-        yield row, sorted({c for c in [lead, *affected] if c})
+        if seq % 997 == 1 and st != search_text(title, description):
+            raise SeedError(f"search_text mismatch for {title!r} / {description!r}")
+        yield row, ([lead, *affected] if lead else affected)
 
 
-def _check_columns(engine: sa.Engine, sample: dict[str, Any]) -> list[str]:
+# -- encoders, run in worker processes --------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(dialect: str, columns: list[str]) -> None:
+    _WORKER["ctx"] = make_context()
+    _WORKER["columns"] = columns
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        from app.incidents.models import Incident
+
+        table: sa.Table = Incident.__table__  # type: ignore[attr-defined]
+        d = sqlite.dialect()
+        # The same bind processors SQLAlchemy applies when the app writes these columns.
+        _WORKER["procs"] = [table.c[c].type._cached_bind_processor(d) for c in columns]
+    else:
+        _WORKER["fmts"] = _copy_formatters(columns)
+
+
+def _sqlite_chunk(chunk: Chunk) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+    columns, procs = _WORKER["columns"], _WORKER["procs"]
+    pairs = list(zip(columns, procs, strict=True))
+    rows: list[tuple[Any, ...]] = []
+    links: list[tuple[str, str]] = []
+    for row, codes in generate(chunk, _WORKER["ctx"]):
+        rows.append(tuple(p(row[c]) if p else row[c] for c, p in pairs))
+        links.extend((row["id"], a) for a in codes)
+    return rows, links
+
+
+def _esc(text: str) -> str:
+    if "\\" in text or "\t" in text or "\n" in text or "\r" in text:
+        text = (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                .replace("\r", "\\r"))
+    return text
+
+
+def _f_text(v: Any) -> str:
+    return "\\N" if v is None else _esc(v)
+
+
+def _f_json(v: Any) -> str:
+    return "\\N" if v is None else _esc(orjson.dumps(v).decode())
+
+
+def _f_time(v: Any) -> str:
+    return "\\N" if v is None else v.isoformat()
+
+
+def _f_bool(v: Any) -> str:
+    return "\\N" if v is None else ("t" if v else "f")
+
+
+def _f_int(v: Any) -> str:
+    return "\\N" if v is None else str(v)
+
+
+def _copy_formatters(columns: list[str]) -> list[Callable[[Any], str]]:
+    """COPY text-format writers chosen by the column's SQLAlchemy type."""
+    from app.core.types import UTCDateTime
+    from app.incidents.models import Incident
+
+    table: sa.Table = Incident.__table__  # type: ignore[attr-defined]
+    out: list[Callable[[Any], str]] = []
+    for name in columns:
+        t = table.c[name].type
+        if isinstance(t, UTCDateTime):
+            out.append(_f_time)
+        elif isinstance(t, sa.JSON) or isinstance(getattr(t, "impl", None), sa.JSON):
+            out.append(_f_json)
+        elif isinstance(t, sa.Boolean):
+            out.append(_f_bool)
+        elif isinstance(t, sa.Integer):
+            out.append(_f_int)
+        else:
+            out.append(_f_text)
+    return out
+
+
+def _pg_chunk(chunk: Chunk) -> tuple[int, bytes, bytes]:
+    pairs = list(zip(_WORKER["columns"], _WORKER["fmts"], strict=True))
+    lines: list[str] = []
+    links: list[str] = []
+    for row, codes in generate(chunk, _WORKER["ctx"]):
+        lines.append("\t".join([f(row[c]) for c, f in pairs]))
+        links.extend(f"{row['id']}\t{a}" for a in codes)
+    link_data = ("\n".join(links) + "\n").encode() if links else b""
+    return len(lines), ("\n".join(lines) + "\n").encode(), link_data
+
+
+def _sample_row() -> dict[str, Any]:
+    chunks, _ = plan(1)
+    return next(generate(chunks[0], make_context()))[0]
+
+
+def _check_columns(engine: sa.Engine) -> list[str]:
     """The incident columns to fill; refuses a schema with a NOT NULL column we do not know."""
+    sample = _sample_row()
     columns = sa.inspect(engine).get_columns("incident")
-    names = [c["name"] for c in columns]
     missing = [c["name"] for c in columns if not c["nullable"] and c.get("default") is None
                and c["name"] not in sample]
     if missing:
         raise SeedError(f"incident has NOT NULL columns the seeder does not fill: {missing}")
-    return [n for n in names if n in sample]
+    return [c["name"] for c in columns if c["name"] in sample]
 
 
-def _chunks(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in it:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _pool(dialect: str, columns: list[str], processes: int) -> Any:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    return ctx.Pool(processes, initializer=_init_worker, initargs=(dialect, columns))
 
 
 def _bump_counters(conn: sa.Connection, counters: dict[int, int], dialect: str) -> None:
@@ -259,42 +436,64 @@ def _bump_counters(conn: sa.Connection, counters: dict[int, int], dialect: str) 
 
     table = sa.table("reference_counter", sa.column("year"), sa.column("value"))
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    greatest = sa.func.max if dialect == "sqlite" else sa.func.greatest
     for year, value in counters.items():
         stmt = insert(table).values(year=year, value=value)
         stmt = stmt.on_conflict_do_update(
-            index_elements=["year"],
-            set_={"value": sa.func.max(table.c.value, stmt.excluded.value)
-                  if dialect == "sqlite" else sa.func.greatest(table.c.value,
-                                                               stmt.excluded.value)})
+            index_elements=["year"], set_={"value": greatest(table.c.value, stmt.excluded.value)})
         conn.execute(stmt)
 
 
-def seed_sqlite(url: str, count: int, *, seed: int = 1,
+def seed_sqlite(url: str, count: int, *, seed: int = 1, processes: int = 2,
                 progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Insert through the app's own column encodings, in one transaction. The FTS insert
+    trigger is set aside for the load and put back from its own stored SQL, and the index is
+    filled in one pass with FTS5's 'rebuild' (same content as the trigger would write, about
+    five times faster); `seed()` then checks the FTS index against a LIKE scan."""
     from app.core.db import make_sync_engine
-    from app.incidents.models import Incident, IncidentAgency
+    from app.incidents.models import IncidentAgency
 
     engine = make_sync_engine(url)
-    inc_table: sa.Table = Incident.__table__  # type: ignore[attr-defined]
-    ia_table: sa.Table = IncidentAgency.__table__  # type: ignore[attr-defined]
-    counters: dict[int, int] = {}
-    gen = generate(count, counters, seed=seed)
     started = time.monotonic()
-    done = 0
-    columns: list[str] | None = None
     try:
-        for chunk in _chunks(gen, CHUNK):
-            if columns is None:
-                columns = _check_columns(engine, chunk[0][0])
-            rows = [{c: r[c] for c in columns} for r, _ in chunk]
-            links = [{"incident_id": r["id"], "agency": a} for r, codes in chunk for a in codes]
-            with engine.begin() as conn:
-                conn.execute(inc_table.insert(), rows)
-                if links:
-                    conn.execute(ia_table.insert(), links)
-            done += len(chunk)
-            if done % 100_000 < CHUNK:
-                progress(f"seeded {done}/{count} incidents ({time.monotonic() - started:.0f}s)")
+        columns = _check_columns(engine)
+        chunks, counters = plan(count, seed=seed)
+        sql = (f"INSERT INTO incident ({', '.join(columns)}) "
+               f"VALUES ({', '.join('?' * len(columns))})")
+        ia = IncidentAgency.__table__  # type: ignore[attr-defined]
+        link_sql = f"INSERT INTO {ia.name} (incident_id, agency) VALUES (?, ?)"
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            # This connection only: a large page cache keeps the index pages of a 200k-row
+            # transaction in memory instead of spilling them to the WAL and reading them back.
+            cur.execute("PRAGMA cache_size = -524288")
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                trigger = cur.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'trigger' "
+                    "AND name = 'incident_fts_ai'").fetchone()
+                if trigger:
+                    cur.execute("DROP TRIGGER incident_fts_ai")
+                done = 0
+                with _pool("sqlite", columns, processes) as pool:
+                    for rows, links in pool.imap(_sqlite_chunk, chunks):
+                        cur.executemany(sql, rows)
+                        cur.executemany(link_sql, links)
+                        done += len(rows)
+                        if done % 100_000 < CHUNK:
+                            progress(f"inserted {done}/{count} incidents "
+                                     f"({time.monotonic() - started:.0f}s)")
+                if trigger:
+                    cur.execute(trigger[0])
+                    cur.execute("INSERT INTO incident_fts(incident_fts) VALUES ('rebuild')")
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        finally:
+            raw.close()
+        progress(f"inserted {count} incidents, FTS rebuilt ({time.monotonic() - started:.0f}s)")
         with engine.begin() as conn:
             _bump_counters(conn, counters, "sqlite")
         with engine.connect() as conn:
@@ -307,32 +506,24 @@ def seed_sqlite(url: str, count: int, *, seed: int = 1,
     return stats
 
 
-def _copy_value(value: Any) -> Any:
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
-def seed_postgresql(url: str, count: int, *, seed: int = 1,
+def seed_postgresql(url: str, count: int, *, seed: int = 1, processes: int = 2,
                     progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """COPY in text format; the secondary indexes of incident and incident_agency are dropped
+    for the load and recreated from their own definitions (all in one transaction)."""
+    import tempfile
+
     import psycopg
 
     from app.core.db import make_sync_engine
 
     plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
     engine = make_sync_engine(url)
-    counters: dict[int, int] = {}
-    gen = generate(count, counters, seed=seed)
     started = time.monotonic()
     try:
-        first = next(gen)
-        columns = _check_columns(engine, first[0])
-
-        def all_rows() -> Iterator[tuple[dict[str, Any], list[str]]]:
-            yield first
-            yield from gen
-
-        with psycopg.connect(plain, autocommit=False) as conn:
+        columns = _check_columns(engine)
+        chunks, counters = plan(count, seed=seed)
+        with psycopg.connect(plain, autocommit=False) as conn, \
+                tempfile.TemporaryFile() as link_file:
             conn.execute("SET maintenance_work_mem = '256MB'")
             conn.execute("SET synchronous_commit = off")
             indexes = conn.execute(
@@ -345,20 +536,21 @@ def seed_postgresql(url: str, count: int, *, seed: int = 1,
                 conn.execute(f'DROP INDEX "{name}"')
             col_list = ", ".join(f'"{c}"' for c in columns)
             done = 0
-            links: list[tuple[str, str]] = []
             with conn.cursor() as cur:
-                with cur.copy(f"COPY incident ({col_list}) FROM STDIN") as copy:
-                    for row, codes in all_rows():
-                        copy.write_row([_copy_value(row[c]) for c in columns])
-                        links.extend((row["id"], a) for a in codes)
-                        done += 1
-                        if done % 200_000 == 0:
+                with cur.copy(f"COPY incident ({col_list}) FROM STDIN") as copy, \
+                        _pool("postgresql", columns, processes) as pool:
+                    for n, data, links in pool.imap(_pg_chunk, chunks):
+                        copy.write(data)
+                        link_file.write(links)
+                        done += n
+                        if done % 200_000 < CHUNK:
                             progress(f"copied {done}/{count} incidents "
                                      f"({time.monotonic() - started:.0f}s)")
+                link_file.seek(0)
                 with cur.copy("COPY incident_agency (incident_id, agency) FROM STDIN") as copy:
-                    for link in links:
-                        copy.write_row(link)
-            progress(f"copied {done} incidents, {len(links)} agency links "
+                    while block := link_file.read(1 << 20):
+                        copy.write(block)
+            progress(f"copied {count} incidents and their agencies "
                      f"({time.monotonic() - started:.0f}s); recreating {len(indexes)} indexes")
             for _, definition in indexes:
                 conn.execute(definition)
@@ -377,7 +569,9 @@ def seed_postgresql(url: str, count: int, *, seed: int = 1,
 
 
 def _stats(conn: sa.Connection, dialect: str) -> dict[str, Any]:
-    one = lambda sql: conn.exec_driver_sql(sql).scalar_one()  # noqa: E731
+    def one(sql: str) -> Any:
+        return conn.execute(sa.text(sql)).scalar_one()
+
     stats = {
         "incidents": one("SELECT count(*) FROM incident"),
         "agency_links": one("SELECT count(*) FROM incident_agency"),
@@ -391,24 +585,25 @@ def _stats(conn: sa.Connection, dialect: str) -> dict[str, Any]:
     return stats
 
 
-def seed(url: str, count: int, *, seed: int = 1,
+def seed(url: str, count: int, *, seed: int = 1, processes: int = 2,
          progress: Callable[[str], None] = print) -> dict[str, Any]:
     if url.startswith("sqlite"):
-        stats = seed_sqlite(url, count, seed=seed, progress=progress)
+        stats = seed_sqlite(url, count, seed=seed, processes=processes, progress=progress)
         if stats["fts_tin_gia"] != stats["tin_gia"]:
             raise SeedError(f"incident_fts is not populated: FTS finds {stats['fts_tin_gia']} "
                             f"'tin gia' rows, LIKE finds {stats['tin_gia']}")
         return stats
-    return seed_postgresql(url, count, seed=seed, progress=progress)
+    return seed_postgresql(url, count, seed=seed, processes=processes, progress=progress)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--url", required=True, help="a migrated database (SQLAlchemy URL)")
     parser.add_argument("--count", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
-    print(json.dumps(seed(args.url, args.count, seed=args.seed)))
+    print(json.dumps(seed(args.url, args.count, seed=args.seed, processes=args.processes)))
 
 
 if __name__ == "__main__":
