@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from app.agencies.models import Agency
 from app.alerts import service
 from app.alerts.models import AlertResult, WebhookReceipt
 from app.alerts.parsers import ParsedAlert
@@ -28,6 +30,7 @@ from app.core.types import table_of
 
 log = logging.getLogger("crisisflow.ingest")
 MAX_GROUP_ALERTS = 2000
+AGENCY_TTL = 5.0
 MAX_WEBHOOK_ID = 200  # webhook_receipt.webhook_id
 
 
@@ -56,6 +59,8 @@ class IngestWriter:
         self.raw_max_bytes = raw_max_bytes
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._agency_codes: set[str] | None = None
+        self._agencies_at = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="crisisflow-ingest")
@@ -92,19 +97,37 @@ class IngestWriter:
 
     async def _write(self, group: list[_Request], *, single: bool = False
                      ) -> tuple[list[AlertResult], bool]:
-        outcomes: list[tuple[_Request, Any]] = []
+        """One transaction for the group: all fresh requests are ingested together (one key
+        lookup, one insert); if that fails for a reason other than the database being gone,
+        each request is tried alone in its own savepoint, so one bad request fails alone."""
+        outcomes: dict[int, Any] = {}
         async with self.db.transaction() as session:
+            fresh = []
             for request in group:
+                replay = await self._replay(session, request)
+                if replay is not None:
+                    outcomes[id(request)] = (replay, True)
+                else:
+                    fresh.append(request)
+            if fresh:
                 try:
                     async with session.begin_nested():
-                        outcomes.append((request, await self._one(session, request)))
+                        outcomes.update(await self._ingest(session, fresh))
                 except Exception as exc:
-                    if single or is_database_unavailable(exc):
-                        raise  # the whole group fails: its transaction is gone
-                    outcomes.append((request, exc))
+                    if single or len(fresh) == 1 or is_database_unavailable(exc):
+                        raise
+                    for request in fresh:
+                        try:
+                            async with session.begin_nested():
+                                outcomes.update(await self._ingest(session, [request]))
+                        except Exception as alone:
+                            if is_database_unavailable(alone):
+                                raise  # the whole group fails: its transaction is gone
+                            outcomes[id(request)] = alone
         if single:
-            return outcomes[0][1]  # type: ignore[no-any-return]
-        for request, outcome in outcomes:
+            return outcomes[id(group[0])]  # type: ignore[no-any-return]
+        for request in group:
+            outcome = outcomes[id(request)]
             if request.done.done():
                 continue
             if isinstance(outcome, BaseException):
@@ -113,32 +136,56 @@ class IngestWriter:
                 request.done.set_result(outcome)
         return [], False
 
-    async def _one(self, session: Any, request: _Request) -> tuple[list[AlertResult], bool]:
-        now = utcnow()
+    async def _replay(self, session: Any, request: _Request) -> list[AlertResult] | None:
+        if request.webhook_id is None:
+            return None
         receipts = table_of(WebhookReceipt)
-        webhook_id = None if request.webhook_id is None else receipt_key(request.webhook_id)
-        if webhook_id is not None:
-            stored = (await session.execute(
-                sa.select(receipts.c.result).where(receipts.c.principal == request.key_id,
-                                                   receipts.c.webhook_id == webhook_id)
-            )).scalar_one_or_none()
-            if stored is not None:
-                return [AlertResult.model_validate(r) for r in stored["results"]], True
+        stored = (await session.execute(
+            sa.select(receipts.c.result).where(
+                receipts.c.principal == request.key_id,
+                receipts.c.webhook_id == receipt_key(request.webhook_id))
+        )).scalar_one_or_none()
+        if stored is None:
+            return None
+        return [AlertResult.model_validate(r) for r in stored["results"]]
+
+    async def _agencies(self, session: Any) -> set[str]:
+        # The directory changes rarely; reading it once per few seconds is plenty for routing.
+        if self._agency_codes is None or time.monotonic() - self._agencies_at > AGENCY_TTL:
+            rows = await session.execute(sa.select(table_of(Agency).c.code))
+            self._agency_codes = {r[0] for r in rows}
+            self._agencies_at = time.monotonic()
+        return self._agency_codes
+
+    async def _ingest(self, session: Any, requests: list[_Request]) -> dict[int, Any]:
+        now = utcnow()
+        alerts: list[ParsedAlert] = []
+        origins: list[tuple[str, str | None]] = []
+        for request in requests:
+            alerts.extend(request.alerts)
+            origins.extend([(request.actor, request.key_id)] * len(request.alerts))
         ctx = service.IngestContext(env=self.env, group_by=self.group_by,
-                                    raw_max_bytes=self.raw_max_bytes, actor=request.actor,
-                                    key_id=request.key_id, now=now)
-        results = await service.ingest(session, ctx, request.alerts)
-        if webhook_id is not None:
+                                    raw_max_bytes=self.raw_max_bytes, actor="", key_id=None,
+                                    now=now, known_agencies=await self._agencies(session))
+        results = await service.ingest(session, ctx, alerts, origins)
+        out: dict[int, Any] = {}
+        start = 0
+        receipts = []
+        for request in requests:
+            mine = results[start:start + len(request.alerts)]
+            start += len(request.alerts)
+            out[id(request)] = (mine, False)
+            if request.webhook_id is not None:
+                receipts.append({"principal": request.key_id,
+                                 "webhook_id": receipt_key(request.webhook_id),
+                                 "result": service.result_body(mine), "created_at": now})
+        if receipts:
             try:
                 async with session.begin_nested():
-                    session.add(WebhookReceipt(principal=request.key_id,
-                                               webhook_id=webhook_id,
-                                               result=service.result_body(results),
-                                               created_at=now))
-                    await session.flush()
-            except IntegrityError:  # another process took this webhook-id first
+                    await session.execute(sa.insert(table_of(WebhookReceipt)), receipts)
+            except IntegrityError:  # another request took this webhook-id first
                 raise DuplicateWebhook() from None
-        return results, False
+        return out
 
 
 class DuplicateWebhook(Exception):
