@@ -29,23 +29,29 @@ async def open_deadlines(session: AsyncSession, incident_id: str) -> list[Deadli
 
 
 async def start_for_state(session: AsyncSession, wf: Workflow, incident: Incident, state: str,
-                          now: datetime, overrides: Overrides) -> None:
+                          now: datetime, overrides: Overrides, *,
+                          new_incident: bool = False) -> list[Deadline]:
+    """Start the clocks of `state`. A new incident has no earlier cycles to look up."""
+    started = []
     for spec in wf.deadlines.values():
         if spec.starts_in != state:
             continue
-        cycles = await session.exec(
-            select(Deadline.cycle).where(
-                Deadline.incident_id == incident.id, Deadline.clock == spec.clock
+        cycle = 1
+        if not new_incident:
+            cycles = await session.exec(
+                select(Deadline.cycle).where(
+                    Deadline.incident_id == incident.id, Deadline.clock == spec.clock
+                )
             )
+            cycle = max(cycles.all(), default=0) + 1
+        deadline = Deadline(
+            id=new_id(), incident_id=incident.id, clock=spec.clock, cycle=cycle,
+            started_at=now,
+            due_at=_due(wf, spec.clock, incident.severity.value, now, overrides),
         )
-        cycle = max(cycles.all(), default=0) + 1
-        session.add(
-            Deadline(
-                id=new_id(), incident_id=incident.id, clock=spec.clock, cycle=cycle,
-                started_at=now,
-                due_at=_due(wf, spec.clock, incident.severity.value, now, overrides),
-            )
-        )
+        session.add(deadline)
+        started.append(deadline)
+    return started
 
 
 async def on_trigger(session: AsyncSession, wf: Workflow, incident: Incident, trigger: str,
@@ -66,7 +72,11 @@ async def on_trigger(session: AsyncSession, wf: Workflow, incident: Incident, tr
 
 
 async def refresh(session: AsyncSession, incident: Incident, now: datetime) -> None:
-    pending = await open_deadlines(session, incident.id)
+    summarize(incident, await open_deadlines(session, incident.id))
+
+
+def summarize(incident: Incident, pending: list[Deadline]) -> None:
+    """Set `deadline_at` (the nearest open deadline) and `overdue` from the open clocks."""
     due = [d.due_at for d in pending if d.due_at is not None]
     incident.deadline_at = min(due) if due else None
     incident.overdue = any(d.fired_at is not None for d in pending)

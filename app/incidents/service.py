@@ -262,10 +262,10 @@ async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor
     timeline.append(session, inc, at=now, actor=actor, kind="created", to_state=inc.state.value,
                     data={"severity": inc.severity.value, "category": inc.category.value,
                           **({"alert": origin} if origin else {})})
-    await session.flush()
-    await deadlines.start_for_state(session, wf, inc, wf.initial, now, env.overrides)
-    await session.flush()
-    await deadlines.refresh(session, inc, now)
+    await session.flush()  # the rows below refer to the incident
+    started = await deadlines.start_for_state(session, wf, inc, wf.initial, now, env.overrides,
+                                              new_incident=True)
+    deadlines.summarize(inc, started)
     await emit(session, type="incident.detected", at=now, incident=snapshot(inc))
     return inc
 
