@@ -26,6 +26,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.core.jsonutil import dumps
 
@@ -206,6 +207,13 @@ def install_error_handlers(app: FastAPI) -> None:
             problem = cls(str(exc.detail))
         problem.headers.update(exc.headers or {})
         return problem_response(problem, request.url.path)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up while sending its body (a load generator stopping, a timeout):
+        # nothing to answer and nothing wrong with the service.
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(SQLAlchemyError)
     async def _database(request: Request, exc: SQLAlchemyError) -> Response:

@@ -14,3 +14,8 @@ def loads(data: bytes | str) -> Any:
 def canonical(value: Any) -> bytes:
     """Stable bytes for hashing: sorted keys, no whitespace."""
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def dumps_utc(value: Any) -> bytes:
+    """Like pydantic's JSON: UTC datetimes end in `Z`."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z)

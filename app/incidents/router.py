@@ -15,6 +15,7 @@ from app.api.deps import (
 )
 from app.auth.models import Role
 from app.auth.service import Principal
+from app.core.jsonutil import dumps_utc
 from app.core.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from app.incidents import service
 from app.incidents.models import (
@@ -109,7 +110,7 @@ def build_router(workflows: WorkflowRegistry) -> APIRouter:
         sort: Literal["-created_at", "created_at"] = "-created_at",
         limit: LimitQ = DEFAULT_LIMIT,
         cursor: str | None = None,
-    ) -> Page[IncidentPublic]:
+    ) -> Response:
         """Incidents, newest first; `q` searches title and description ignoring accents."""
         filters = service.IncidentFilters(
             state=[s.value for s in state] if state else None,
@@ -118,7 +119,8 @@ def build_router(workflows: WorkflowRegistry) -> APIRouter:
             agency=agency, q=q, overdue=overdue, created_after=created_after,
             created_before=created_before, ascending=sort == "created_at",
         )
-        return await service.list_incidents(session, e, principal, filters, limit, cursor)
+        page = await service.list_incidents(session, e, principal, filters, limit, cursor)
+        return Response(dumps_utc(page), media_type="application/json")
 
     @router.get("/incidents/{incident_id}", response_model=IncidentPublic,
                 responses={404: _CONFLICTS[404]})

@@ -36,6 +36,7 @@ from app.core.errors import (
 from app.core.ids import new_id
 from app.core.metrics import TRANSITIONS
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
+from app.core.types import table_of
 from app.deadlines import service as deadlines
 from app.incidents import timeline
 from app.incidents.actions import ActionContext, latest_proposal
@@ -136,11 +137,18 @@ class IncidentFilters:
     ascending: bool = False
 
 
+# The list reads plain rows of exactly the public fields: building ORM objects and validating
+# them again into IncidentPublic cost ten times the query itself.
+LIST_FIELDS = [name for name in IncidentPublic.model_fields if name != "allowed_triggers"]
+
+
 async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
                          f: IncidentFilters, limit: int, cursor: str | None
-                         ) -> Page[IncidentPublic]:
+                         ) -> dict[str, Any]:
+    """A page of incidents as JSON-ready dicts (the shape of `Page[IncidentPublic]`)."""
     t = Incident
-    stmt = select(t)
+    table = table_of(Incident)
+    stmt: Any = sa.select(*(table.c[name] for name in LIST_FIELDS))
     if f.state:
         stmt = stmt.where(col(t.state).in_(f.state))
     if f.severity:
@@ -172,13 +180,13 @@ async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
         at = _cursor_time(after[0])
         stmt = stmt.where(keyset(created, ident, [at, str(after[1])], ascending=f.ascending))
     order = (created.asc(), ident.asc()) if f.ascending else (created.desc(), ident.desc())
-    rows = list((await session.exec(stmt.order_by(*order).limit(limit + 1))).all())
+    result = await session.execute(stmt.order_by(*order).limit(limit + 1))
+    rows = [dict(r) for r in result.mappings()]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = encode_cursor([last.created_at.isoformat(), last.id])
-    return Page(items=[IncidentPublic.model_validate(r) for r in rows[:limit]],
-                next_cursor=next_cursor)
+        next_cursor = encode_cursor([last["created_at"].isoformat(), last["id"]])
+    return {"items": rows[:limit], "next_cursor": next_cursor}
 
 
 def _cursor_time(value: Any) -> datetime:
