@@ -31,7 +31,7 @@ def search_text(title: str, description: str | None) -> str:
     return fold(f"{title} {description or ''}")
 
 
-def _like_pattern(q: str) -> str:
+def like_pattern(q: str) -> str:
     escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
@@ -39,7 +39,7 @@ def _like_pattern(q: str) -> str:
 def search_clause(dialect: str, table: Any, q: str) -> sa.ColumnElement[bool]:
     folded = fold(q)
     column = table.c.search_text if hasattr(table, "c") else table.search_text
-    like: sa.ColumnElement[bool] = column.like(_like_pattern(folded), escape="\\")
+    like: sa.ColumnElement[bool] = column.like(like_pattern(folded), escape="\\")
     if dialect == "sqlite" and len(folded) >= MIN_INDEXED:
         phrase = '"' + folded.replace('"', '""') + '"'
         fts = sa.text("SELECT rowid FROM incident_fts WHERE incident_fts MATCH :fts_q").bindparams(
