@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -93,34 +94,35 @@ async def _accept(request: Request, principal: Principal, alerts: list[ParsedAle
                     media_type="application/json")
 
 
+async def _ingest(request: Request, principal: Principal, media: tuple[str, ...],
+                  parse: Callable[[bytes], list[ParsedAlert]]) -> Response:
+    """The steps every ingestion route shares: media type, raw body, signature, parse
+    (all-or-nothing), rate limit, store."""
+    _media_type(request, media)
+    body = await request.body()
+    webhook_id = _verify_signature(request, principal, body)
+    return await _accept(request, principal, parse(body), webhook_id)
+
+
 @router.post("/alerts", status_code=202, response_model=IngestResponse,
              openapi_extra=_generic_doc, responses={200: {"model": IngestResponse}})
 async def post_alerts(request: Request, principal: Monitor) -> Response:
     """One generic alert, or an array of up to 1000 (all-or-nothing)."""
-    _media_type(request, JSON_TYPES)
-    body = await request.body()
-    webhook_id = _verify_signature(request, principal, body)
-    return await _accept(request, principal, parse_generic(_json(body)), webhook_id)
+    return await _ingest(request, principal, JSON_TYPES, lambda b: parse_generic(_json(b)))
 
 
 @router.post("/alerts/alertmanager", status_code=202, response_model=IngestResponse,
              openapi_extra=_am_doc, responses={200: {"model": IngestResponse}})
 async def post_alertmanager(request: Request, principal: Monitor) -> Response:
     """A Prometheus Alertmanager webhook (payload version 4)."""
-    _media_type(request, JSON_TYPES)
-    body = await request.body()
-    webhook_id = _verify_signature(request, principal, body)
-    return await _accept(request, principal, parse_alertmanager(_json(body)), webhook_id)
+    return await _ingest(request, principal, JSON_TYPES, lambda b: parse_alertmanager(_json(b)))
 
 
 @router.post("/alerts/cap", status_code=202, response_model=IngestResponse,
              openapi_extra=_cap_doc, responses={200: {"model": IngestResponse}})
 async def post_cap(request: Request, principal: Monitor) -> Response:
     """One OASIS CAP 1.2 `<alert>`; Update and Cancel follow `references`."""
-    _media_type(request, CAP_TYPES)
-    body = await request.body()
-    webhook_id = _verify_signature(request, principal, body)
-    return await _accept(request, principal, [parse_cap(body)], webhook_id)
+    return await _ingest(request, principal, CAP_TYPES, lambda b: [parse_cap(b)])
 
 
 @router.get("/incidents/{incident_id}/alerts", response_model=Page[AlertPublic],
