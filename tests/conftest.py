@@ -190,3 +190,24 @@ def make_key(client: TestClient) -> Callable[..., dict[str, str]]:
 
 def run_async(coro_fn: Callable[[], Any]) -> Any:
     return asyncio.run(coro_fn())
+
+
+# One key per role, for tests that act as that role (names show up in timelines).
+@pytest.fixture
+def admin(make_key: Callable[..., dict[str, str]]) -> dict[str, str]:
+    return make_key("admin", name="Quản trị")
+
+
+@pytest.fixture
+def duty(make_key: Callable[..., dict[str, str]]) -> dict[str, str]:
+    return make_key("duty_officer", name="Trực ban")
+
+
+@pytest.fixture
+def leader(make_key: Callable[..., dict[str, str]]) -> dict[str, str]:
+    return make_key("leader", name="Lãnh đạo")
+
+
+@pytest.fixture
+def monitor(make_key: Callable[..., dict[str, str]]) -> dict[str, str]:
+    return make_key("monitor", name="Hệ thống giám sát")

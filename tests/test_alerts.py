@@ -46,19 +46,7 @@ OTHER_SECRET = "whsec_" + base64.b64encode(b"someone-else-entirely-0123456789").
 
 # -- fixtures and helpers ---------------------------------------------------------------
 
-@pytest.fixture
-def monitor(make_key: MakeKey) -> Headers:
-    return make_key("monitor", name="Hệ thống giám sát")
 
-
-@pytest.fixture
-def duty(make_key: MakeKey) -> Headers:
-    return make_key("duty_officer", name="Trực ban")
-
-
-@pytest.fixture
-def admin(make_key: MakeKey) -> Headers:
-    return make_key("admin", name="Quản trị")
 
 
 def alert(title: str = "Tin giả về bảo hiểm xã hội", **fields: Any) -> dict[str, Any]:

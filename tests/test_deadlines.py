@@ -25,14 +25,6 @@ from tests.helpers.receivers import HttpReceiver
 H = timedelta(hours=1)
 
 
-@pytest.fixture
-def duty(make_key: Callable[..., dict[str, str]]) -> dict[str, str]:
-    return make_key("duty_officer")
-
-
-@pytest.fixture
-def admin(make_key: Callable[..., dict[str, str]]) -> dict[str, str]:
-    return make_key("admin")
 
 
 @pytest.fixture

@@ -31,19 +31,7 @@ MakeKey = Callable[..., Headers]
 
 # -- fixtures and helpers ---------------------------------------------------------------
 
-@pytest.fixture
-def duty(make_key: MakeKey) -> Headers:
-    return make_key("duty_officer", name="Trực ban")
 
-
-@pytest.fixture
-def leader(make_key: MakeKey) -> Headers:
-    return make_key("leader", name="Lãnh đạo")
-
-
-@pytest.fixture
-def admin(make_key: MakeKey) -> Headers:
-    return make_key("admin", name="Quản trị")
 
 
 def get_incident(client: TestClient, headers: Headers, incident_id: str) -> dict[str, Any]:

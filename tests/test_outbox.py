@@ -25,14 +25,6 @@ def receiver() -> Iterator[HttpReceiver]:
         yield rx
 
 
-@pytest.fixture
-def admin(make_key: Callable[..., dict[str, str]]) -> dict[str, str]:
-    return make_key("admin")
-
-
-@pytest.fixture
-def duty(make_key: Callable[..., dict[str, str]]) -> dict[str, str]:
-    return make_key("duty_officer")
 
 
 @pytest.fixture
