@@ -252,16 +252,16 @@ async def next_reference(session: AsyncSession, env: Env, now: datetime) -> str:
     return f"INC-{year}-{value:06d}"
 
 
-def _set_agencies(session: AsyncSession, inc: Incident, *, replace: bool) -> None:
+def _add_agencies(session: AsyncSession, inc: Incident) -> None:
+    """One `incident_agency` row per agency the incident names (lead or affected)."""
     codes = {a for a in [inc.lead_agency, *inc.affected_agencies] if a}
-    if replace:
-        session.add_all(IncidentAgency(incident_id=inc.id, agency=c) for c in sorted(codes))
+    session.add_all(IncidentAgency(incident_id=inc.id, agency=c) for c in sorted(codes))
 
 
 async def _replace_agencies(session: AsyncSession, inc: Incident) -> None:
     await session.execute(
         sa.delete(IncidentAgency).where(col(IncidentAgency.incident_id) == inc.id))
-    _set_agencies(session, inc, replace=True)
+    _add_agencies(session, inc)
 
 
 async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor: str,
@@ -296,7 +296,7 @@ async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor
         },
     )
     session.add(inc)
-    _set_agencies(session, inc, replace=True)
+    _add_agencies(session, inc)
     timeline.append(session, inc, at=now, actor=actor, kind="created", to_state=inc.state.value,
                     data={"severity": inc.severity.value, "category": inc.category.value,
                           **({"alert": origin} if origin else {})})
