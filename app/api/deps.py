@@ -46,7 +46,7 @@ SessionDep = Annotated[AsyncSession, Depends(_write_session, scope="function")]
 ReadSessionDep = Annotated[AsyncSession, Depends(_read_session, scope="function")]
 
 
-async def current_principal(request: Request, db: DatabaseDep) -> Principal:
+async def current_principal(request: Request) -> Principal:
     cached: Principal | None = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
@@ -55,22 +55,27 @@ async def current_principal(request: Request, db: DatabaseDep) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
     cache: KeyCache = request.app.state.key_cache
-    principal = cache.get(token.strip())
+    db: Database = request.app.state.db
+    principal = await cache.get_or_load(token.strip(), lambda key: _load_principal(db, key))
     if principal is None:
-        async with db.read() as session:
-            principal = await authenticate(session, token.strip())
-        if principal is None:
-            raise Unauthenticated("The API key is unknown or revoked.")
-        cache.put(token.strip(), principal)
+        raise Unauthenticated("The API key is unknown or revoked.")
     request.state.principal = principal
     return principal
 
 
+async def _load_principal(db: Database, key: str) -> Principal | None:
+    async with db.read() as session:
+        return await authenticate(session, key)
+
+
 def require(*roles: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
-    """A dependency admitting `roles` (and admin, which may do everything)."""
+    """A dependency admitting `roles` (and admin, which may do everything). It takes the
+    request itself rather than nested dependencies: every route pays for each dependency
+    FastAPI solves, and an alert storm is many small requests."""
     allowed = {Role.admin, *roles}
 
-    async def _check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    async def _check(request: Request) -> Principal:
+        principal = await current_principal(request)
         if principal.role not in allowed:
             raise Forbidden(f"The {principal.role.value} role may not do this.")
         return principal
