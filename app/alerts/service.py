@@ -33,7 +33,7 @@ from app.core.types import table_of
 from app.deadlines import service as deadlines
 from app.incidents import service as incidents
 from app.incidents import timeline
-from app.incidents.models import Incident, IncidentCreate, Severity, State
+from app.incidents.models import Incident, IncidentCreate, Severity, State, TimelineEntry
 from workflows.registry import SEVERITY_RANK
 
 IGNORED_CAP_TYPES = {"Ack", "Error"}
@@ -75,13 +75,26 @@ def _raw_text(alert: ParsedAlert, limit: int) -> str:
 
 
 @dataclass
-class _Batch:
-    """What one ingest transaction knows: key → open incident, and the locked incidents."""
+class _Target:
+    """An open incident alerts attach to in this transaction: stored already (its counters
+    are added up and written with one statement at the end), or opened here (still in
+    memory until the end, so later alerts of the batch change it before it is stored)."""
 
+    id: str
+    state: str
+    severity: str
+    opening: incidents.Opening | None = None
+    attached: int = 0
+
+
+@dataclass
+class _Batch:
     keys: dict[tuple[str, str], str] = field(default_factory=dict)
-    incidents: dict[str, Incident] = field(default_factory=dict)
+    targets: dict[str, _Target] = field(default_factory=dict)
     new_keys: dict[tuple[str, str], str] = field(default_factory=dict)
     known_agencies: set[str] = field(default_factory=set)
+    openings: list[incidents.Opening] = field(default_factory=list)
+    locked: dict[str, Incident] = field(default_factory=dict)
 
 
 async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
@@ -96,13 +109,15 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     for kind, keys in (("fp", sorted(fps)), ("group", sorted({g for g in groups if g}))):
         for start in range(0, len(keys), 500):
             rows = await session.execute(
-                sa.select(k.c.key, k.c.incident_id)
+                sa.select(k.c.key, k.c.incident_id, i.c.state, i.c.severity)
                 .join(i, i.c.id == k.c.incident_id)
                 .where(k.c.kind == kind, k.c.key.in_(keys[start:start + 500]),
                        i.c.state != State.closed.value)
             )
-            batch.keys.update({(kind, r.key): r.incident_id for r in rows})
-    await _lock_incidents(session, batch, set(batch.keys.values()))
+            for r in rows:
+                batch.keys[(kind, r.key)] = r.incident_id
+                batch.targets[r.incident_id] = _Target(r.incident_id, str(r.state),
+                                                       str(r.severity))
     if ctx.known_agencies is not None:
         batch.known_agencies = ctx.known_agencies
     else:
@@ -110,13 +125,14 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     return batch
 
 
-async def _lock_incidents(session: AsyncSession, batch: _Batch, ids: set[str]) -> None:
-    missing = sorted(ids - set(batch.incidents))
-    if not missing:
-        return
-    stmt = select(Incident).where(col(Incident.id).in_(missing)).order_by(col(Incident.id))
-    for inc in (await session.exec(stmt.with_for_update())).all():
-        batch.incidents[inc.id] = inc
+async def _locked(session: AsyncSession, batch: _Batch, incident_id: str) -> Incident:
+    """A stored incident, read with its row lock, for a change beyond its alert counters."""
+    inc = batch.locked.get(incident_id)
+    if inc is None:
+        stmt = select(Incident).where(Incident.id == incident_id).with_for_update()
+        inc = (await session.exec(stmt)).one()
+        batch.locked[incident_id] = inc
+    return inc
 
 
 def _point(batch: _Batch, kind: str, key: str | None, incident_id: str) -> None:
@@ -139,7 +155,10 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
         result = await _one(session, ctx, batch, alert, group, rows)
         results.append(result)
         ALERTS.labels(alert.format, "deduplicated" if result.deduplicated else result.status).inc()
-    await session.flush()  # incidents first: the alerts refer to them
+    # Incidents first: the alerts and keys refer to them.
+    await incidents.store_openings(session, ctx.env, batch.openings)
+    await session.flush()
+    await _count_attached(session, ctx, batch)
     if rows:
         await session.execute(sa.insert(table_of(Alert)), rows)
     await _save_keys(session, ctx, batch)
@@ -176,22 +195,20 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
     if incident_id is None and group is not None:
         incident_id = batch.keys.get(("group", group))
     if incident_id is None:
-        inc = await _open_incident(session, ctx, batch, alert, group)
+        incident_id = _open_incident(ctx, batch, alert, group)
     else:
-        await _lock_incidents(session, batch, {incident_id})
-        inc = batch.incidents[incident_id]
-        await _attach(session, ctx, inc, alert)
-    _point(batch, "fp", alert.fingerprint, inc.id)
-    _point(batch, "group", group, inc.id)
-    row["incident_id"] = inc.id
+        await _attach(session, ctx, batch, batch.targets[incident_id], alert)
+    _point(batch, "fp", alert.fingerprint, incident_id)
+    _point(batch, "group", group, incident_id)
+    row["incident_id"] = incident_id
     row["deduplicated"] = deduplicated
     rows.append(row)
-    return AlertResult(alert_id=row["id"], incident_id=inc.id, deduplicated=deduplicated,
+    return AlertResult(alert_id=row["id"], incident_id=incident_id, deduplicated=deduplicated,
                        status="firing")
 
 
-async def _open_incident(session: AsyncSession, ctx: IngestContext, batch: _Batch,
-                         alert: ParsedAlert, group: str | None) -> Incident:
+def _open_incident(ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
+                   group: str | None) -> str:
     # Unknown agency codes stay in the labels and are left out of routing.
     lead = alert.lead_agency if alert.lead_agency in batch.known_agencies else None
     affected = [a for a in alert.affected_agencies if a in batch.known_agencies and a != lead]
@@ -201,28 +218,68 @@ async def _open_incident(session: AsyncSession, ctx: IngestContext, batch: _Batc
         lead_agency=lead, affected_agencies=affected, links=alert.links[:50],
     )
     origin = {"source": alert.source, "fingerprint": alert.fingerprint, "format": alert.format}
-    inc = await incidents.create(session, ctx.env, item, ctx.actor, group_key=group, now=ctx.now,
-                                 check_agencies=False, origin=origin)
-    batch.incidents[inc.id] = inc
-    return inc
+    opening = incidents.open_incident(ctx.env, item, ctx.actor, ctx.now, group_key=group,
+                                      origin=origin)
+    inc = opening.incident
+    batch.openings.append(opening)
+    batch.targets[inc.id] = _Target(inc.id, inc.state.value, inc.severity.value, opening)
+    return inc.id
 
 
-async def _attach(session: AsyncSession, ctx: IngestContext, inc: Incident,
+def _raises(state: str, severity: str, alert: ParsedAlert) -> bool:
+    """A higher-severity alert raises an incident nobody has assessed yet."""
+    return state == State.detected and SEVERITY_RANK[alert.severity] > SEVERITY_RANK[severity]
+
+
+def _raised(inc: Incident, ctx: IngestContext, alert: ParsedAlert) -> TimelineEntry:
+    previous = inc.severity.value
+    inc.severity = Severity(alert.severity)
+    return timeline.chain(inc, at=ctx.now, actor=ctx.actor, kind="severity_raised",
+                          data={"from": previous, "to": alert.severity,
+                                "fingerprint": alert.fingerprint, "source": alert.source})
+
+
+async def _attach(session: AsyncSession, ctx: IngestContext, batch: _Batch, target: _Target,
                   alert: ParsedAlert) -> None:
-    inc.alert_count += 1
-    inc.last_alert_at = ctx.now
-    inc.first_alert_at = inc.first_alert_at or ctx.now
-    if (inc.state == State.detected
-            and SEVERITY_RANK[alert.severity] > SEVERITY_RANK[inc.severity.value]):
-        previous = inc.severity.value
-        inc.severity = Severity(alert.severity)
-        timeline.append(session, inc, at=ctx.now, actor=ctx.actor, kind="severity_raised",
-                        data={"from": previous, "to": alert.severity,
-                              "fingerprint": alert.fingerprint, "source": alert.source})
+    if target.opening is not None:
+        opening = target.opening
+        inc = opening.incident
+        inc.alert_count += 1
+        inc.last_alert_at = ctx.now
+        if _raises(target.state, target.severity, alert):
+            opening.timeline.append(_raised(inc, ctx, alert))
+            deadlines.retime(opening.workflow, inc, opening.deadlines, ctx.env.overrides)
+            deadlines.summarize(inc, opening.deadlines)
+            target.severity = inc.severity.value
+        return
+    target.attached += 1
+    if not _raises(target.state, target.severity, alert):
+        return
+    inc = await _locked(session, batch, target.id)
+    # Decided again on the locked row: a duty officer may have assessed it meanwhile.
+    if _raises(inc.state.value, inc.severity.value, alert):
+        session.add(_raised(inc, ctx, alert))
         wf = ctx.env.workflows.get(inc.workflow, inc.workflow_version)
-        await session.flush()
         await deadlines.on_trigger(session, wf, inc, "", None, ctx.now, ctx.env.overrides)
-    session.add(inc)
+        session.add(inc)
+    target.state, target.severity = inc.state.value, inc.severity.value
+
+
+async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Batch) -> None:
+    """One statement for the counters of every stored incident that got alerts; the sum is
+    added in SQL, so it is right whatever else changed the row meanwhile."""
+    counts = sorted((t.id, t.attached) for t in batch.targets.values() if t.attached)
+    if not counts:
+        return
+    i = table_of(Incident)
+    await session.execute(
+        sa.update(i).where(i.c.id == sa.bindparam("b_id")).values(
+            alert_count=i.c.alert_count + sa.bindparam("b_n"),
+            last_alert_at=ctx.now,
+            first_alert_at=sa.func.coalesce(i.c.first_alert_at, ctx.now),
+        ),
+        [{"b_id": incident_id, "b_n": n} for incident_id, n in counts],
+    )
 
 
 async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
@@ -234,27 +291,35 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
         rows.append(row)
         return AlertResult(alert_id=row["id"], incident_id=None, deduplicated=False,
                            status="resolved")
-    await _lock_incidents(session, batch, {incident_id})
-    a = table_of(Alert)
-    updated = await session.execute(
-        sa.update(a)
-        .where(a.c.incident_id == incident_id, a.c.fingerprint.in_(names),
-               a.c.status == "firing")
-        .values(status="resolved", resolved_at=ctx.now)
-        .returning(a.c.id)
-    )
-    ids = [r[0] for r in updated.all()]
-    # Rows still waiting in this batch's list were never flushed: resolve them too.
+    target = batch.targets[incident_id]
+    ids: list[str] = []
+    if target.opening is None:
+        inc = await _locked(session, batch, incident_id)
+        a = table_of(Alert)
+        updated = await session.execute(
+            sa.update(a)
+            .where(a.c.incident_id == incident_id, a.c.fingerprint.in_(names),
+                   a.c.status == "firing")
+            .values(status="resolved", resolved_at=ctx.now)
+            .returning(a.c.id)
+        )
+        ids = [r[0] for r in updated.all()]
+    else:
+        inc = target.opening.incident
+    # Rows still waiting in this batch's list were never stored: resolve them too.
     for pending in rows:
         if pending["incident_id"] == incident_id and pending["fingerprint"] in names \
                 and pending["status"] == "firing":
             pending["status"], pending["resolved_at"] = "resolved", ctx.now
             ids.append(pending["id"])
-    inc = batch.incidents[incident_id]
-    timeline.append(session, inc, at=ctx.now, actor=ctx.actor, kind="alert_resolved",
-                    data={"fingerprint": alert.fingerprint, "source": alert.source,
-                          "alerts": len(ids)})
-    session.add(inc)
+    entry = timeline.chain(inc, at=ctx.now, actor=ctx.actor, kind="alert_resolved",
+                           data={"fingerprint": alert.fingerprint, "source": alert.source,
+                                 "alerts": len(ids)})
+    if target.opening is None:
+        session.add(entry)
+        session.add(inc)
+    else:
+        target.opening.timeline.append(entry)
     alert_id = ids[-1] if ids else row["id"]
     if not ids:
         row["incident_id"], row["status"] = incident_id, "resolved"

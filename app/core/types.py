@@ -58,3 +58,8 @@ def table_of(model: type[Any]) -> sa.Table:
     """The Core table behind a SQLModel table class, for bulk statements."""
     table: sa.Table = model.__table__
     return table
+
+
+def row_of(obj: Any) -> dict[str, Any]:
+    """Every column of a SQLModel table object, for a bulk Core insert."""
+    return {c.key: getattr(obj, c.key) for c in table_of(type(obj)).columns}

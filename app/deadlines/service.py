@@ -29,29 +29,44 @@ async def open_deadlines(session: AsyncSession, incident_id: str) -> list[Deadli
 
 
 async def start_for_state(session: AsyncSession, wf: Workflow, incident: Incident, state: str,
-                          now: datetime, overrides: Overrides, *,
-                          new_incident: bool = False) -> list[Deadline]:
-    """Start the clocks of `state`. A new incident has no earlier cycles to look up."""
+                          now: datetime, overrides: Overrides) -> list[Deadline]:
+    """Start the clocks of `state`, each in the cycle after its last one."""
     started = []
     for spec in wf.deadlines.values():
         if spec.starts_in != state:
             continue
-        cycle = 1
-        if not new_incident:
-            cycles = await session.exec(
-                select(Deadline.cycle).where(
-                    Deadline.incident_id == incident.id, Deadline.clock == spec.clock
-                )
+        cycles = await session.exec(
+            select(Deadline.cycle).where(
+                Deadline.incident_id == incident.id, Deadline.clock == spec.clock
             )
-            cycle = max(cycles.all(), default=0) + 1
-        deadline = Deadline(
-            id=new_id(), incident_id=incident.id, clock=spec.clock, cycle=cycle,
-            started_at=now,
-            due_at=_due(wf, spec.clock, incident.severity.value, now, overrides),
         )
+        cycle = max(cycles.all(), default=0) + 1
+        deadline = _new(wf, spec.clock, cycle, incident, now, overrides)
         session.add(deadline)
         started.append(deadline)
     return started
+
+
+def _new(wf: Workflow, clock: str, cycle: int, incident: Incident, now: datetime,
+         overrides: Overrides) -> Deadline:
+    return Deadline(id=new_id(), incident_id=incident.id, clock=clock, cycle=cycle,
+                    started_at=now,
+                    due_at=_due(wf, clock, incident.severity.value, now, overrides))
+
+
+def initial(wf: Workflow, incident: Incident, now: datetime,
+            overrides: Overrides) -> list[Deadline]:
+    """The clocks a new incident starts with, not yet stored (for rows inserted in bulk)."""
+    return [_new(wf, spec.clock, 1, incident, now, overrides)
+            for spec in wf.deadlines.values() if spec.starts_in == wf.initial]
+
+
+def retime(wf: Workflow, incident: Incident, pending: list[Deadline],
+           overrides: Overrides) -> None:
+    """Re-time open clocks for the incident's current severity."""
+    for d in pending:
+        if d.met_at is None:
+            d.due_at = _due(wf, d.clock, incident.severity.value, d.started_at, overrides)
 
 
 async def on_trigger(session: AsyncSession, wf: Workflow, incident: Incident, trigger: str,
@@ -59,16 +74,17 @@ async def on_trigger(session: AsyncSession, wf: Workflow, incident: Incident, tr
     """Meet the clocks `trigger` stops, start those of the entered state, re-time the rest
     for the current severity, then refresh the incident's `deadline_at` and `overdue`."""
     met_clocks = {d.clock for d in wf.deadlines.values() if trigger in d.met_by}
+    pending = []
     for d in await open_deadlines(session, incident.id):
         if d.clock in met_clocks:
             d.met_at = now
         else:
-            d.due_at = _due(wf, d.clock, incident.severity.value, d.started_at, overrides)
+            pending.append(d)
         session.add(d)
+    retime(wf, incident, pending, overrides)
     if entered is not None:
-        await start_for_state(session, wf, incident, entered, now, overrides)
-    await session.flush()
-    await refresh(session, incident, now)
+        pending += await start_for_state(session, wf, incident, entered, now, overrides)
+    summarize(incident, pending)
 
 
 async def refresh(session: AsyncSession, incident: Incident, now: datetime) -> None:

@@ -36,8 +36,9 @@ from app.core.errors import (
 from app.core.ids import new_id
 from app.core.metrics import TRANSITIONS
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
-from app.core.types import table_of
+from app.core.types import row_of, table_of
 from app.deadlines import service as deadlines
+from app.deadlines.models import Deadline
 from app.incidents import timeline
 from app.incidents.actions import ActionContext, latest_proposal
 from app.incidents.models import (
@@ -53,7 +54,7 @@ from app.incidents.models import (
     TimelineEntryPublic,
 )
 from app.incidents.search import fold, like_pattern, search_clause, search_text
-from app.notifications.outbox import emit
+from app.notifications.outbox import EventRow, emit, emit_rows, event_row
 from workflows.engine import GuardRefused, InvalidTrigger, Workflow, WorkflowRegistry
 from workflows.registry import ACTIONS, GuardContext
 from workflows.sla import Overrides
@@ -237,50 +238,58 @@ def _scope_agency(principal: Principal) -> str | None:
 
 # -- creating and editing ---------------------------------------------------------------
 
-async def next_reference(session: AsyncSession, env: Env, now: datetime) -> str:
-    """`INC-YYYY-NNNNNN`: one atomic upsert, so concurrent creators never share a number."""
+async def next_references(session: AsyncSession, env: Env, now: datetime,
+                          count: int) -> list[str]:
+    """`count` numbers `INC-YYYY-NNNNNN` from one atomic upsert, so concurrent creators never
+    share a number."""
     year = now.astimezone(env.zone).year
     insert = pg_insert if env.dialect == "postgresql" else sqlite_insert
     table = sa.table("reference_counter", sa.column("year"), sa.column("value"))
     stmt = (
         insert(table)
-        .values(year=year, value=1)
-        .on_conflict_do_update(index_elements=["year"], set_={"value": table.c.value + 1})
+        .values(year=year, value=count)
+        .on_conflict_do_update(index_elements=["year"], set_={"value": table.c.value + count})
         .returning(table.c.value)
     )
-    value = (await session.execute(stmt)).scalar_one()
-    return f"INC-{year}-{value:06d}"
+    last = (await session.execute(stmt)).scalar_one()
+    return [f"INC-{year}-{value:06d}" for value in range(last - count + 1, last + 1)]
 
 
-def _add_agencies(session: AsyncSession, inc: Incident) -> None:
-    """One `incident_agency` row per agency the incident names (lead or affected)."""
-    codes = {a for a in [inc.lead_agency, *inc.affected_agencies] if a}
-    session.add_all(IncidentAgency(incident_id=inc.id, agency=c) for c in sorted(codes))
+def agency_codes(inc: Incident) -> list[str]:
+    """The agencies an incident names (lead or affected): one `incident_agency` row each."""
+    return sorted({a for a in [inc.lead_agency, *inc.affected_agencies] if a})
 
 
 async def _replace_agencies(session: AsyncSession, inc: Incident) -> None:
     await session.execute(
         sa.delete(IncidentAgency).where(col(IncidentAgency.incident_id) == inc.id))
-    _add_agencies(session, inc)
+    session.add_all(IncidentAgency(incident_id=inc.id, agency=c) for c in agency_codes(inc))
 
 
-async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor: str,
-                 *, workflow: str | None = None, group_key: str | None = None,
-                 now: datetime | None = None, check_agencies: bool = True,
-                 origin: dict[str, Any] | None = None) -> Incident:
-    """Open an incident in the workflow's initial state. `origin` describes the alert that
-    opened it (the incident then starts with that alert counted)."""
-    now = now or utcnow()
-    if check_agencies:
-        await require_agencies(session, [item_in.lead_agency], loc=["body", "lead_agency"])
-        await require_agencies(session, item_in.affected_agencies,
-                               loc=["body", "affected_agencies"])
+@dataclass
+class Opening:
+    """A new incident and the rows that come with it, built in memory so that a group of
+    them (an alert storm) is stored with one statement per table (`store_openings`)."""
+
+    incident: Incident
+    workflow: Workflow
+    timeline: list[TimelineEntry]
+    deadlines: list[Deadline]
+    detected: EventRow
+
+
+def open_incident(env: Env, item_in: IncidentCreate, actor: str, now: datetime, *,
+                  workflow: str | None = None, group_key: str | None = None,
+                  origin: dict[str, Any] | None = None) -> Opening:
+    """An incident in the workflow's initial state. `origin` describes the alert that opened
+    it (the incident then starts with that alert counted). Its reference is given when it
+    is stored."""
     wf = env.workflows.latest(workflow) if workflow else env.workflows.latest()
     inc = Incident.model_validate(
         item_in,
         update={
             "id": new_id(),
-            "reference": await next_reference(session, env, now),
+            "reference": "",
             "workflow": wf.name,
             "workflow_version": wf.version,
             "state": wf.initial,
@@ -295,17 +304,47 @@ async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor
             "last_alert_at": now if origin else None,
         },
     )
-    session.add(inc)
-    _add_agencies(session, inc)
-    timeline.append(session, inc, at=now, actor=actor, kind="created", to_state=inc.state.value,
-                    data={"severity": inc.severity.value, "category": inc.category.value,
-                          **({"alert": origin} if origin else {})})
-    await session.flush()  # the rows below refer to the incident
-    started = await deadlines.start_for_state(session, wf, inc, wf.initial, now, env.overrides,
-                                              new_incident=True)
+    entry = timeline.chain(inc, at=now, actor=actor, kind="created", to_state=inc.state.value,
+                           data={"severity": inc.severity.value, "category": inc.category.value,
+                                 **({"alert": origin} if origin else {})})
+    started = deadlines.initial(wf, inc, now, env.overrides)
     deadlines.summarize(inc, started)
-    await emit(session, type="incident.detected", at=now, incident=snapshot(inc))
-    return inc
+    detected = event_row(type="incident.detected", at=now, incident=snapshot(inc))
+    return Opening(inc, wf, [entry], started, detected)
+
+
+async def store_openings(session: AsyncSession, env: Env, openings: list[Opening]) -> None:
+    """Number and insert new incidents with their agency links, timeline, clocks and
+    `incident.detected` events (in the order given)."""
+    if not openings:
+        return
+    now = openings[0].incident.created_at
+    refs = await next_references(session, env, now, len(openings))
+    for opening, ref in zip(openings, refs, strict=True):
+        opening.incident.reference = ref
+        opening.detected["data"]["incident"]["reference"] = ref
+    await session.execute(sa.insert(table_of(Incident)),
+                          [row_of(o.incident) for o in openings])
+    links = [{"incident_id": o.incident.id, "agency": code}
+             for o in openings for code in agency_codes(o.incident)]
+    if links:
+        await session.execute(sa.insert(table_of(IncidentAgency)), links)
+    await session.execute(sa.insert(table_of(TimelineEntry)),
+                          [row_of(e) for o in openings for e in o.timeline])
+    clocks = [row_of(d) for o in openings for d in o.deadlines]
+    if clocks:
+        await session.execute(sa.insert(table_of(Deadline)), clocks)
+    await emit_rows(session, [o.detected for o in openings])
+
+
+async def create(session: AsyncSession, env: Env, item_in: IncidentCreate, actor: str,
+                 *, workflow: str | None = None) -> Incident:
+    """Open one incident (a duty officer's POST)."""
+    await require_agencies(session, [item_in.lead_agency], loc=["body", "lead_agency"])
+    await require_agencies(session, item_in.affected_agencies, loc=["body", "affected_agencies"])
+    opening = open_incident(env, item_in, actor, utcnow(), workflow=workflow)
+    await store_openings(session, env, [opening])
+    return opening.incident
 
 
 async def observed_version(session: AsyncSession, incident_id: str) -> int | None:

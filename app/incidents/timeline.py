@@ -51,6 +51,24 @@ def append(
     to_state: str | None = None,
 ) -> TimelineEntry:
     """Append an entry; the caller holds the incident's row lock (or SQLite's write lock)."""
+    entry = chain(incident, at=at, actor=actor, kind=kind, data=data, from_state=from_state,
+                  to_state=to_state)
+    session.add(entry)
+    return entry
+
+
+def chain(
+    incident: Incident,
+    *,
+    at: datetime,
+    actor: str,
+    kind: str,
+    data: dict[str, Any],
+    from_state: str | None = None,
+    to_state: str | None = None,
+) -> TimelineEntry:
+    """The next entry of the incident's chain, linked in memory and not yet stored (for
+    rows inserted in bulk)."""
     entry = TimelineEntry(
         id=new_id(),
         incident_id=incident.id,
@@ -67,7 +85,6 @@ def append(
     entry.hash = entry_hash(entry.prev_hash, _content(entry))
     incident.timeline_seq = entry.seq
     incident.timeline_head = entry.hash
-    session.add(entry)
     return entry
 
 

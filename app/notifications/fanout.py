@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.ids import new_id
-from app.notifications.models import Delivery, DeliveryStatus, Event, Subscription
+from app.core.types import table_of
+from app.notifications.models import Delivery, DeliveryStatus, Subscription
 from workflows.registry import SEVERITY_RANK
 
 ESCALATED = "incident.escalated"
@@ -60,30 +62,26 @@ async def _active_subscriptions(session: AsyncSession) -> list[Subscription]:
     return cached
 
 
-async def fan_out(session: AsyncSession, event: Event, incident: dict[str, Any]) -> int:
-    """Add one pending delivery per matching subscription, in the caller's transaction."""
+async def fan_out(session: AsyncSession, events: list[dict[str, Any]], seqs: list[int]) -> int:
+    """Add one pending delivery per matching subscription of each event (rows of the `event`
+    table, with their sequence numbers), in the caller's transaction."""
     subs = await _active_subscriptions(session)
     if not subs:
         return 0
     authorities: Authorities = session.info.get("authorities") or Authorities()
-    level = int(event.data.get("level", incident.get("escalation_level", 0)) or 0)
-    matched = [s for s in subs if matches(s, event.type, incident, level, authorities)]
-    if not matched:
-        return 0
-    if event.seq is None:
-        await session.flush()  # the delivery rows refer to the event's sequence number
-    assert event.seq is not None
-    session.add_all(
-        Delivery(
-            id=new_id(),
-            event_seq=event.seq,
-            subscription_id=s.id,
-            incident_id=event.incident_id,
-            status=DeliveryStatus.pending,
-            next_attempt_at=event.at,
-            created_at=event.at,
-            window_started_at=event.at,
+    rows: list[dict[str, Any]] = []
+    for event, seq in zip(events, seqs, strict=True):
+        incident = event["data"].get("incident") or {}
+        level = int(event["data"].get("level", incident.get("escalation_level", 0)) or 0)
+        at = event["at"]
+        rows.extend(
+            {"id": new_id(), "event_seq": seq, "subscription_id": s.id,
+             "incident_id": event["incident_id"], "status": DeliveryStatus.pending.value,
+             "attempts": 0, "next_attempt_at": at, "claimed_until": None, "claimed_by": None,
+             "last_error": None, "last_status_code": None, "created_at": at,
+             "window_started_at": at, "delivered_at": None}
+            for s in subs if matches(s, event["type"], incident, level, authorities)
         )
-        for s in matched
-    )
-    return len(matched)
+    if rows:
+        await session.execute(sa.insert(table_of(Delivery)), rows)
+    return len(rows)

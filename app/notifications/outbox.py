@@ -1,27 +1,27 @@
 """Emitting events: each becomes an `event` row plus one `delivery` row per matching
-subscription, in the caller's transaction (the transactional outbox)."""
+subscription, in the caller's transaction (the transactional outbox).
+
+Rows are inserted with Core statements, a whole list at a time: an alert storm opens many
+incidents in one group commit, and each of them emits `incident.detected`."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import after_commit
 from app.core.ids import new_id
+from app.core.types import table_of
 from app.notifications.models import Event
 
+EventRow = dict[str, Any]
 
-async def emit(
-    session: AsyncSession,
-    *,
-    type: str,
-    at: datetime,
-    incident: dict[str, Any] | None,
-    extra: dict[str, Any] | None = None,
-    dedup_key: str | None = None,
-) -> Event:
+
+def event_row(*, type: str, at: datetime, incident: dict[str, Any] | None,
+              extra: dict[str, Any] | None = None, dedup_key: str | None = None) -> EventRow:
     data: dict[str, Any] = {"incident": incident} if incident is not None else {}
     data.update(extra or {})
     agencies: list[str] = []
@@ -30,23 +30,38 @@ async def emit(
         agencies = [a for a in [incident.get("lead_agency"), *incident.get("affected_agencies", [])]
                     if a]
         severity = incident.get("severity")
-    event = Event(
-        id=new_id(),
-        incident_id=incident.get("id") if incident else None,
-        type=type,
-        at=at,
-        agencies=sorted(set(agencies)),
-        severity=severity,
-        data=data,
-        dedup_key=dedup_key,
-    )
-    session.add(event)
+    return {
+        "id": new_id(),
+        "incident_id": incident.get("id") if incident else None,
+        "type": type,
+        "at": at,
+        "agencies": sorted(set(agencies)),
+        "severity": severity,
+        "data": data,
+        "dedup_key": dedup_key,
+    }
+
+
+async def emit(session: AsyncSession, *, type: str, at: datetime,
+               incident: dict[str, Any] | None, extra: dict[str, Any] | None = None,
+               dedup_key: str | None = None) -> None:
+    await emit_rows(session, [event_row(type=type, at=at, incident=incident, extra=extra,
+                                        dedup_key=dedup_key)])
+
+
+async def emit_rows(session: AsyncSession, rows: list[EventRow]) -> None:
+    """Insert events in list order (their `seq` follows it) and their deliveries."""
+    if not rows:
+        return
     from app.notifications.fanout import fan_out
 
-    await fan_out(session, event, incident or {})
+    table = table_of(Event)
+    inserted = await session.execute(
+        sa.insert(table).returning(table.c.seq, sort_by_parameter_order=True), rows)
+    seqs = [r[0] for r in inserted]
+    await fan_out(session, rows, seqs)
     # Once per transaction: after it commits, wake the worker and the live feed.
     wake = session.info.get("events_committed")
     if wake is not None and not session.info.get("wake_registered"):
         session.info["wake_registered"] = True
         after_commit(session, wake)
-    return event
