@@ -208,14 +208,16 @@ async def _search_recent(session: AsyncSession, stmt: Any, ascending: bool, q: s
     then returns tens of thousands of rows to sort for one page. Looking through the newest
     rows first answers such a query from a few thousand index-ordered rows."""
     table = table_of(Incident)
-    window = (stmt.add_columns(table.c.search_text)
-              .order_by(*_order(table.c.created_at, table.c.id, ascending))
-              .limit(SEARCH_WINDOW).subquery())
-    outer_order = _order(window.c.created_at, window.c.id, ascending)
+    order = _order(table.c.created_at, table.c.id, ascending)
+    # The window carries only what the filter needs; full rows are read for one page only.
+    window = (stmt.with_only_columns(table.c.id, table.c.created_at, table.c.search_text)
+              .order_by(*order).limit(SEARCH_WINDOW).subquery())
+    page = (sa.select(window.c.id)
+            .where(window.c.search_text.like(like_pattern(fold(q)), escape="\\"))
+            .order_by(*_order(window.c.created_at, window.c.id, ascending)).limit(limit + 1))
     found = await session.execute(
-        sa.select(*(window.c[name] for name in LIST_FIELDS))
-        .where(window.c.search_text.like(like_pattern(fold(q)), escape="\\"))
-        .order_by(*outer_order).limit(limit + 1)
+        sa.select(*(table.c[name] for name in LIST_FIELDS))
+        .where(table.c.id.in_(page)).order_by(*order)
     )
     return [dict(r) for r in found.mappings()]
 
