@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core import sqlite_driver
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -112,10 +114,11 @@ class Database:
         ensure_sqlite_dir(url)
         aurl = async_url(url)
         if self.is_sqlite:
+            driver = sqlite_driver.dbapi()
             self.engine: AsyncEngine = create_async_engine(aurl, pool_size=pool_size,
-                                                           **JSON_CODEC)
+                                                           module=driver, **JSON_CODEC)
             self.read_engine: AsyncEngine = create_async_engine(aurl, pool_size=pool_size,
-                                                                **JSON_CODEC)
+                                                                module=driver, **JSON_CODEC)
             _sqlite_hooks(self.engine.sync_engine, "BEGIN IMMEDIATE")
             _sqlite_hooks(self.read_engine.sync_engine, "BEGIN")
         else:
