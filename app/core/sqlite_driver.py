@@ -40,7 +40,7 @@ def _run(raw: sqlite3.Connection, operation: str, parameters: Any, many: bool
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
-    __slots__ = ("_description", "_rowcount", "_lastrowid")
+    __slots__ = ("_description", "_lastrowid", "_rowcount")
 
     def __init__(self, adapt_connection: Any) -> None:
         # No aiosqlite cursor: the sqlite3 cursor lives inside one trip.
