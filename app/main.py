@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,6 +62,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         if run_worker:
             app.state.worker = Worker(db, settings, registry=app.state.notifiers, env=env)
             app.state.worker.start()
+        # What start-up built (models, schemas, the workflow machines) lives as long as the
+        # process: moving it out of the collector's reach keeps full collections short,
+        # which an alert storm would otherwise trigger every few seconds.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
