@@ -56,9 +56,11 @@ async def emit_rows(session: AsyncSession, rows: list[EventRow]) -> None:
     from app.notifications.fanout import fan_out
 
     table = table_of(Event)
-    inserted = await session.execute(
-        sa.insert(table).returning(table.c.seq, sort_by_parameter_order=True), rows)
-    seqs = [r[0] for r in inserted]
+    # Matched by id rather than by position: SQLite can then insert the list in a few
+    # multi-row statements instead of one per row.
+    inserted = await session.execute(sa.insert(table).returning(table.c.id, table.c.seq), rows)
+    seq_of = {r.id: r.seq for r in inserted}
+    seqs = [seq_of[row["id"]] for row in rows]
     await fan_out(session, rows, seqs)
     # Once per transaction: after it commits, wake the worker and the live feed.
     wake = session.info.get("events_committed")
