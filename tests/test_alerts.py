@@ -472,6 +472,46 @@ def test_higher_severity_raises_a_detected_incident(client: TestClient, monitor:
     assert get_incident(client, duty, after["id"])["severity"] == "critical"
 
 
+def test_raises_and_resolutions_within_one_batch_keep_alert_order(
+        client: TestClient, monitor: Headers, duty: Headers, db_url: str) -> None:
+    """One array touches a stored incident (raise, resolve, raise) and opens another that a
+    later alert of the same array raises: each timeline follows the order of the alerts,
+    the clocks follow the final severity, and every hash chain still verifies."""
+    from app.core.db import make_sync_engine
+    from app.incidents.models import TimelineEntry
+    from app.incidents.timeline import first_broken_link
+
+    stored = one(client, monitor, alert(labels={"topic": "bhxh"}, fingerprint="a-1",
+                                        severity="low"))
+    before = get_incident(client, duty, stored["incident_id"])
+    out = results(client, monitor, [
+        alert(labels={"topic": "bhxh"}, fingerprint="a-1", severity="high"),
+        alert(labels={"topic": "bhxh"}, fingerprint="a-1", status="resolved"),
+        alert(labels={"topic": "bhxh"}, fingerprint="a-2", severity="critical"),
+        alert(labels={"topic": "xang-dau"}, fingerprint="b-1", severity="low"),
+        alert(labels={"topic": "xang-dau"}, fingerprint="b-2", severity="critical"),
+    ])
+    a = get_incident(client, duty, stored["incident_id"])
+    assert a["severity"] == "critical" and a["alert_count"] == 3
+    assert when(a["deadline_at"]) < when(before["deadline_at"])
+    assert timeline_kinds(client, duty, a["id"]) == [
+        "created", "severity_raised", "alert_resolved", "severity_raised"]
+    b = get_incident(client, duty, out[3]["incident_id"])
+    assert out[4]["incident_id"] == b["id"] and b["id"] != a["id"]
+    assert b["severity"] == "critical" and b["alert_count"] == 2
+    assert timeline_kinds(client, duty, b["id"]) == ["created", "severity_raised"]
+    engine = make_sync_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            for incident_id in (a["id"], b["id"]):
+                rows = conn.execute(sa.select(TimelineEntry).where(
+                    TimelineEntry.incident_id == incident_id).order_by(TimelineEntry.seq))
+                entries = [TimelineEntry.model_validate(r._mapping) for r in rows]
+                assert first_broken_link(entries) is None
+    finally:
+        engine.dispose()
+
+
 def test_higher_severity_leaves_an_assessed_incident_alone(client: TestClient,
                                                            monitor: Headers,
                                                            duty: Headers) -> None:

@@ -31,6 +31,7 @@ from app.core.metrics import ALERTS
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
 from app.core.types import table_of
 from app.deadlines import service as deadlines
+from app.deadlines.models import Deadline
 from app.incidents import service as incidents
 from app.incidents import timeline
 from app.incidents.models import Incident, IncidentCreate, Severity, State, TimelineEntry
@@ -85,6 +86,7 @@ class _Target:
     severity: str
     opening: incidents.Opening | None = None
     attached: int = 0
+    raises: list[tuple[ParsedAlert, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -155,6 +157,7 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
         result = await _one(session, ctx, batch, alert, group, rows)
         results.append(result)
         ALERTS.labels(alert.format, "deduplicated" if result.deduplicated else result.status).inc()
+    await _apply_raises(session, ctx, batch, list(batch.targets.values()))
     # Incidents first: the alerts and keys refer to them.
     await incidents.store_openings(session, ctx.env, batch.openings)
     await session.flush()
@@ -231,10 +234,10 @@ def _raises(state: str, severity: str, alert: ParsedAlert) -> bool:
     return state == State.detected and SEVERITY_RANK[alert.severity] > SEVERITY_RANK[severity]
 
 
-def _raised(inc: Incident, ctx: IngestContext, alert: ParsedAlert) -> TimelineEntry:
+def _raised(inc: Incident, now: datetime, actor: str, alert: ParsedAlert) -> TimelineEntry:
     previous = inc.severity.value
     inc.severity = Severity(alert.severity)
-    return timeline.chain(inc, at=ctx.now, actor=ctx.actor, kind="severity_raised",
+    return timeline.chain(inc, at=now, actor=actor, kind="severity_raised",
                           data={"from": previous, "to": alert.severity,
                                 "fingerprint": alert.fingerprint, "source": alert.source})
 
@@ -247,22 +250,49 @@ async def _attach(session: AsyncSession, ctx: IngestContext, batch: _Batch, targ
         inc.alert_count += 1
         inc.last_alert_at = ctx.now
         if _raises(target.state, target.severity, alert):
-            opening.timeline.append(_raised(inc, ctx, alert))
+            opening.timeline.append(_raised(inc, ctx.now, ctx.actor, alert))
             deadlines.retime(opening.workflow, inc, opening.deadlines, ctx.env.overrides)
             deadlines.summarize(inc, opening.deadlines)
             target.severity = inc.severity.value
         return
     target.attached += 1
-    if not _raises(target.state, target.severity, alert):
+    if _raises(target.state, target.severity, alert):
+        # Applied to the stored incident for the whole batch at once (`_apply_raises`).
+        target.raises.append((alert, ctx.actor))
+        target.severity = alert.severity
+
+
+async def _apply_raises(session: AsyncSession, ctx: IngestContext, batch: _Batch,
+                        targets: list[_Target]) -> None:
+    """Raise stored incidents' severity: their rows and open clocks are read (and locked)
+    with one query each for the whole batch, and each raise is decided again on the locked
+    row, since a duty officer may have assessed the incident meanwhile."""
+    targets = [t for t in targets if t.raises]
+    if not targets:
         return
-    inc = await _locked(session, batch, target.id)
-    # Decided again on the locked row: a duty officer may have assessed it meanwhile.
-    if _raises(inc.state.value, inc.severity.value, alert):
-        session.add(_raised(inc, ctx, alert))
+    ids = sorted(t.id for t in targets)
+    missing = [i for i in ids if i not in batch.locked]
+    if missing:
+        stmt = (select(Incident).where(col(Incident.id).in_(missing))
+                .order_by(col(Incident.id)).with_for_update())
+        batch.locked.update((inc.id, inc) for inc in (await session.exec(stmt)).all())
+    clocks: dict[str, list[Deadline]] = {i: [] for i in ids}
+    stmt2 = select(Deadline).where(col(Deadline.incident_id).in_(ids),
+                                   col(Deadline.met_at).is_(None))
+    for d in (await session.exec(stmt2)).all():
+        clocks[d.incident_id].append(d)
+    for target in targets:
+        inc = batch.locked[target.id]
+        for alert, actor in target.raises:
+            if _raises(inc.state.value, inc.severity.value, alert):
+                session.add(_raised(inc, ctx.now, actor, alert))
+        target.raises = []
         wf = ctx.env.workflows.get(inc.workflow, inc.workflow_version)
-        await deadlines.on_trigger(session, wf, inc, "", None, ctx.now, ctx.env.overrides)
+        deadlines.retime(wf, inc, clocks[inc.id], ctx.env.overrides)
+        deadlines.summarize(inc, clocks[inc.id])
+        session.add_all(clocks[inc.id])
         session.add(inc)
-    target.state, target.severity = inc.state.value, inc.severity.value
+        target.state, target.severity = inc.state.value, inc.severity.value
 
 
 async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Batch) -> None:
@@ -294,6 +324,7 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
     target = batch.targets[incident_id]
     ids: list[str] = []
     if target.opening is None:
+        await _apply_raises(session, ctx, batch, [target])  # earlier alerts come first
         inc = await _locked(session, batch, incident_id)
         a = table_of(Alert)
         updated = await session.execute(

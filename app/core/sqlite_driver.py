@@ -92,7 +92,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
             self._adapt_connection._handle_exception(error)
 
     async def _trip(self, operation: Any, parameters: Any, many: bool) -> None:
-        conn: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        conn: Any = self._connection  # an aiosqlite.Connection (its _execute is untyped)
         async with self._adapt_connection._execute_mutex:
             description, rowcount, lastrowid, rows = await conn._execute(
                 _run, conn._conn, operation, parameters, many)
@@ -109,8 +109,8 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
     def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
-        connection = aiosqlite.connect(*arg, **kw)
-        connection._thread.daemon = True
+        connection: Any = aiosqlite.connect(*arg, **kw)
+        connection._thread.daemon = True  # as SQLAlchemy's own adapter does
         return OneTripConnection(self, await_(connection))
 
 
