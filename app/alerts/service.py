@@ -365,11 +365,12 @@ async def _save_keys(session: AsyncSession, ctx: IngestContext, batch: _Batch) -
     table = table_of(AlertKey)
     insert = pg_insert if ctx.env.dialect == "postgresql" else sqlite_insert
     values = [{"kind": k, "key": key, "incident_id": v} for (k, key), v in batch.new_keys.items()]
-    for start in range(0, len(values), 500):
-        stmt = insert(table).values(values[start:start + 500])
-        stmt = stmt.on_conflict_do_update(index_elements=["kind", "key"],
-                                          set_={"incident_id": stmt.excluded.incident_id})
-        await session.execute(stmt)
+    # One statement with a list of parameters: a statement whose VALUES carries the rows
+    # themselves is compiled anew every time.
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(index_elements=["kind", "key"],
+                                      set_={"incident_id": stmt.excluded.incident_id})
+    await session.execute(stmt, values)
 
 
 async def list_for_incident(session: AsyncSession, incident_id: str, limit: int,

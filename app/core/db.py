@@ -87,6 +87,10 @@ def _sqlite_hooks(engine: Any, begin: str) -> None:
         _enter_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
+        # The default 2 MB page cache is outgrown by a few thousand alerts; past it every
+        # lookup reads pages through system calls. Memory-mapped reads avoid those too.
+        cur.execute("PRAGMA cache_size=-65536")
+        cur.execute("PRAGMA mmap_size=268435456")
         cur.close()
 
     @event.listens_for(engine, "begin")
