@@ -99,23 +99,31 @@ class _Batch:
     locked: dict[str, Incident] = field(default_factory=dict)
 
 
+def _open_keys() -> sa.Select[Any]:
+    k = table_of(AlertKey)
+    i = table_of(Incident)
+    # One kind per query: SQLite cannot use the primary key for a row-value IN list. Built
+    # once: constructing it for every group cost more than running it.
+    return (sa.select(k.c.key, k.c.incident_id, i.c.state, i.c.severity)
+            .join(i, i.c.id == k.c.incident_id)
+            .where(k.c.kind == sa.bindparam("kind"),
+                   k.c.key.in_(sa.bindparam("keys", expanding=True)),
+                   i.c.state != State.closed.value))
+
+
+_OPEN_KEYS = _open_keys()
+
+
 async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
                 groups: list[str | None]) -> _Batch:
     batch = _Batch()
     if ctx.env.dialect == "postgresql":
         await session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_ID})
     fps = {a.fingerprint for a in alerts} | {r for a in alerts for r in a.references}
-    k = table_of(AlertKey)
-    i = table_of(Incident)
-    # One kind per query: SQLite cannot use the primary key for a row-value IN list.
     for kind, keys in (("fp", sorted(fps)), ("group", sorted({g for g in groups if g}))):
         for start in range(0, len(keys), 500):
-            rows = await session.execute(
-                sa.select(k.c.key, k.c.incident_id, i.c.state, i.c.severity)
-                .join(i, i.c.id == k.c.incident_id)
-                .where(k.c.kind == kind, k.c.key.in_(keys[start:start + 500]),
-                       i.c.state != State.closed.value)
-            )
+            rows = await session.execute(_OPEN_KEYS, {"kind": kind,
+                                                      "keys": keys[start:start + 500]})
             for r in rows:
                 batch.keys[(kind, r.key)] = r.incident_id
                 batch.targets[r.incident_id] = _Target(r.incident_id, str(r.state),
@@ -301,15 +309,21 @@ async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Bat
     counts = sorted((t.id, t.attached) for t in batch.targets.values() if t.attached)
     if not counts:
         return
+    await session.execute(_COUNT_ATTACHED, [{"b_id": incident_id, "b_n": n, "b_now": ctx.now}
+                                            for incident_id, n in counts])
+
+
+def _count_statement() -> sa.Update:
     i = table_of(Incident)
-    await session.execute(
-        sa.update(i).where(i.c.id == sa.bindparam("b_id")).values(
-            alert_count=i.c.alert_count + sa.bindparam("b_n"),
-            last_alert_at=ctx.now,
-            first_alert_at=sa.func.coalesce(i.c.first_alert_at, ctx.now),
-        ),
-        [{"b_id": incident_id, "b_n": n} for incident_id, n in counts],
+    now = sa.bindparam("b_now", type_=i.c.last_alert_at.type)
+    return sa.update(i).where(i.c.id == sa.bindparam("b_id")).values(
+        alert_count=i.c.alert_count + sa.bindparam("b_n"),
+        last_alert_at=now,
+        first_alert_at=sa.func.coalesce(i.c.first_alert_at, now),
     )
+
+
+_COUNT_ATTACHED = _count_statement()
 
 
 async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,

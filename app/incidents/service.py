@@ -240,20 +240,29 @@ def _scope_agency(principal: Principal) -> str | None:
 
 # -- creating and editing ---------------------------------------------------------------
 
+def _reference_upsert(insert: Any) -> Any:
+    table = sa.table("reference_counter", sa.column("year"), sa.column("value"))
+    count = sa.bindparam("count", type_=sa.Integer())
+    return (
+        insert(table)
+        .values(year=sa.bindparam("year", type_=sa.Integer()), value=count)
+        .on_conflict_do_update(index_elements=["year"], set_={"value": table.c.value + count})
+        .returning(table.c.value)
+    )
+
+
+# Built once per dialect: the statement is run for every group of new incidents.
+_REFERENCE_UPSERT = {"postgresql": _reference_upsert(pg_insert),
+                     "sqlite": _reference_upsert(sqlite_insert)}
+
+
 async def next_references(session: AsyncSession, env: Env, now: datetime,
                           count: int) -> list[str]:
     """`count` numbers `INC-YYYY-NNNNNN` from one atomic upsert, so concurrent creators never
     share a number."""
     year = now.astimezone(env.zone).year
-    insert = pg_insert if env.dialect == "postgresql" else sqlite_insert
-    table = sa.table("reference_counter", sa.column("year"), sa.column("value"))
-    stmt = (
-        insert(table)
-        .values(year=year, value=count)
-        .on_conflict_do_update(index_elements=["year"], set_={"value": table.c.value + count})
-        .returning(table.c.value)
-    )
-    last = (await session.execute(stmt)).scalar_one()
+    stmt = _REFERENCE_UPSERT[env.dialect]
+    last = (await session.execute(stmt, {"year": year, "count": count})).scalar_one()
     return [f"INC-{year}-{value:06d}" for value in range(last - count + 1, last + 1)]
 
 
