@@ -46,8 +46,9 @@ class AlertKey(SQLModel, table=True):
 
     __tablename__ = "alert_key"
 
-    kind: str = Field(primary_key=True, max_length=8)
+    # `key` first: lookups are `kind = ? AND key IN (...)` (see migration 0007).
     key: str = Field(primary_key=True, max_length=500)
+    kind: str = Field(primary_key=True, max_length=8)
     incident_id: str = Field(max_length=36)
 
 

@@ -102,7 +102,7 @@ class _Batch:
 def _open_keys() -> sa.Select[Any]:
     k = table_of(AlertKey)
     i = table_of(Incident)
-    # One kind per query: SQLite cannot use the primary key for a row-value IN list. Built
+    # One kind per query (SQLite cannot use the primary key for a row-value IN list). Built
     # once: constructing it for every group cost more than running it.
     return (sa.select(k.c.key, k.c.incident_id, i.c.state, i.c.severity)
             .join(i, i.c.id == k.c.incident_id)
