@@ -88,9 +88,9 @@ def _sqlite_hooks(engine: Any, begin: str) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         # The default 2 MB page cache is outgrown by a few thousand alerts; past it every
-        # lookup reads pages through system calls. Memory-mapped reads avoid those too.
-        cur.execute("PRAGMA cache_size=-65536")
-        cur.execute("PRAGMA mmap_size=268435456")
+        # lookup reads pages through system calls. 16 MB per connection keeps the pools
+        # (2 × 10 connections) within the memory budget.
+        cur.execute("PRAGMA cache_size=-16384")
         cur.close()
 
     @event.listens_for(engine, "begin")
