@@ -976,3 +976,25 @@ def test_timeline_is_a_hash_chain_a_client_can_verify(client: TestClient, duty: 
         canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         assert e["hash"] == hashlib.sha256(prev.encode() + canonical).hexdigest(), e["seq"]
         prev = e["hash"]
+
+
+def test_unvalidated_table_objects_match_validated_ones() -> None:
+    """New incidents of a storm are built without validation; they must carry exactly what
+    the validated constructor gives, defaults included, and refuse a missing field."""
+    from datetime import UTC, datetime
+
+    from app.core.types import row_of, unvalidated
+    from app.incidents.models import Category, Incident, Severity, State
+
+    now = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+    values = {"id": "i-1", "reference": "INC-2026-000001", "workflow": "communication-incident",
+              "workflow_version": 1, "state": State.detected, "severity": Severity.high,
+              "category": Category.fake_news, "title": "Tin giả", "created_by": "t",
+              "created_at": now, "updated_at": now, "state_changed_at": now}
+    fast = unvalidated(Incident, values)
+    assert row_of(fast) == row_of(Incident.model_validate(values))
+    fast.alert_count += 1
+    assert fast.alert_count == 1
+    assert unvalidated(Incident, values).affected_agencies is not fast.affected_agencies
+    with pytest.raises(TypeError, match="created_by"):
+        unvalidated(Incident, {k: v for k, v in values.items() if k != "created_by"})

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import class_mapper
+from sqlmodel import SQLModel
+
+M = TypeVar("M", bound=SQLModel)
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -63,3 +68,38 @@ def table_of(model: type[Any]) -> sa.Table:
 def row_of(obj: Any) -> dict[str, Any]:
     """Every column of a SQLModel table object, for a bulk Core insert."""
     return {c.key: getattr(obj, c.key) for c in table_of(type(obj)).columns}
+
+
+@functools.cache
+def _defaults(model: type[SQLModel]) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+    plain: dict[str, Any] = {}
+    factories: list[tuple[str, Any]] = []
+    for name, info in model.model_fields.items():
+        if info.default_factory is not None:
+            factories.append((name, info.default_factory))
+        elif not info.is_required():
+            plain[name] = info.default
+    return plain, tuple(factories)
+
+
+def unvalidated(model: type[M], values: dict[str, Any]) -> M:
+    """A table object from values validated elsewhere, with the model's defaults for the rest,
+    built without pydantic validation or SQLAlchemy change events (~3 µs instead of ~90 µs for
+    an incident). Only for rows inserted with Core statements, never added to a session:
+    enums and types must already be right."""
+    plain, factories = _defaults(model)  # type: ignore[arg-type]  # classes are hashable
+    data = dict(plain)
+    for name, factory in factories:
+        if name not in values:
+            data[name] = factory()
+    data.update(values)
+    missing = model.model_fields.keys() - data.keys()
+    if missing:
+        raise TypeError(f"{model.__name__} needs {', '.join(sorted(missing))}")
+    obj: M = class_mapper(model).class_manager.new_instance()
+    obj.__dict__.update(data)
+    # What pydantic's own constructor would have set.
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
