@@ -6,7 +6,13 @@ from pydantic import TypeAdapter
 
 from app.alerts import service
 from app.alerts.models import AlertPublic, IngestResponse
-from app.alerts.parsers import ParsedAlert, parse_alertmanager, parse_cap, parse_generic
+from app.alerts.parsers import (
+    ParsedAlert,
+    may_hold_nul,
+    parse_alertmanager,
+    parse_cap,
+    parse_generic,
+)
 from app.alerts.schemas import AlertmanagerWebhookIn, GenericAlertIn
 from app.alerts.writer import DuplicateWebhook, IngestWriter
 from app.api.deps import Monitor, Reader, ReadSessionDep
@@ -108,7 +114,8 @@ async def _ingest(request: Request, principal: Principal, media: tuple[str, ...]
              openapi_extra=_generic_doc, responses={200: {"model": IngestResponse}})
 async def post_alerts(request: Request, principal: Monitor) -> Response:
     """One generic alert, or an array of up to 1000 (all-or-nothing)."""
-    return await _ingest(request, principal, JSON_TYPES, lambda b: parse_generic(_json(b)))
+    return await _ingest(request, principal, JSON_TYPES,
+                         lambda b: parse_generic(_json(b), nul_possible=may_hold_nul(b)))
 
 
 @router.post("/alerts/alertmanager", status_code=202, response_model=IngestResponse,
