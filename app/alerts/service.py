@@ -29,7 +29,7 @@ from app.core.ids import new_id
 from app.core.jsonutil import dumps
 from app.core.metrics import ALERTS
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
-from app.core.types import table_of
+from app.core.types import row_of, table_of
 from app.deadlines import service as deadlines
 from app.deadlines.models import Deadline
 from app.incidents import service as incidents
@@ -289,11 +289,12 @@ async def _apply_raises(session: AsyncSession, ctx: IngestContext, batch: _Batch
                                    col(Deadline.met_at).is_(None))
     for d in (await session.exec(stmt2)).all():
         clocks[d.incident_id].append(d)
+    entries = []
     for target in targets:
         inc = batch.locked[target.id]
         for alert, actor in target.raises:
             if _raises(inc.state.value, inc.severity.value, alert):
-                session.add(_raised(inc, ctx.now, actor, alert))
+                entries.append(_raised(inc, ctx.now, actor, alert))
         target.raises = []
         wf = ctx.env.workflows.get(inc.workflow, inc.workflow_version)
         deadlines.retime(wf, inc, clocks[inc.id], ctx.env.overrides)
@@ -301,6 +302,12 @@ async def _apply_raises(session: AsyncSession, ctx: IngestContext, batch: _Batch
         session.add_all(clocks[inc.id])
         session.add(inc)
         target.state, target.severity = inc.state.value, inc.severity.value
+    await _insert_entries(session, entries)
+
+
+async def _insert_entries(session: AsyncSession, entries: list[TimelineEntry]) -> None:
+    if entries:
+        await session.execute(sa.insert(table_of(TimelineEntry)), [row_of(e) for e in entries])
 
 
 async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Batch) -> None:
@@ -361,7 +368,7 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
                            data={"fingerprint": alert.fingerprint, "source": alert.source,
                                  "alerts": len(ids)})
     if target.opening is None:
-        session.add(entry)
+        await _insert_entries(session, [entry])
         session.add(inc)
     else:
         target.opening.timeline.append(entry)

@@ -4,11 +4,13 @@ when severity changes. Firing due ones is the worker's job (app/deadlines/firing
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.ids import new_id
+from app.core.types import unvalidated
 from app.deadlines.models import Deadline
 from app.incidents.models import Incident
 from workflows.engine import Workflow
@@ -47,17 +49,23 @@ async def start_for_state(session: AsyncSession, wf: Workflow, incident: Inciden
     return started
 
 
+def _values(wf: Workflow, clock: str, cycle: int, incident: Incident, now: datetime,
+            overrides: Overrides) -> dict[str, Any]:
+    return {"id": new_id(), "incident_id": incident.id, "clock": clock, "cycle": cycle,
+            "started_at": now,
+            "due_at": _due(wf, clock, incident.severity.value, now, overrides)}
+
+
 def _new(wf: Workflow, clock: str, cycle: int, incident: Incident, now: datetime,
          overrides: Overrides) -> Deadline:
-    return Deadline(id=new_id(), incident_id=incident.id, clock=clock, cycle=cycle,
-                    started_at=now,
-                    due_at=_due(wf, clock, incident.severity.value, now, overrides))
+    return Deadline(**_values(wf, clock, cycle, incident, now, overrides))
 
 
 def initial(wf: Workflow, incident: Incident, now: datetime,
             overrides: Overrides) -> list[Deadline]:
-    """The clocks a new incident starts with, not yet stored (for rows inserted in bulk)."""
-    return [_new(wf, spec.clock, 1, incident, now, overrides)
+    """The clocks a new incident starts with, for a bulk insert with a Core statement
+    (`row_of`); never added to a session."""
+    return [unvalidated(Deadline, _values(wf, spec.clock, 1, incident, now, overrides))
             for spec in wf.deadlines.values() if spec.starts_in == wf.initial]
 
 

@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.db import Database
 from app.core.ids import new_id
 from app.core.jsonutil import canonical
-from app.core.types import table_of
+from app.core.types import table_of, unvalidated
 from app.incidents.models import Incident, TimelineEntry
 
 GENESIS = "0" * 64
@@ -25,18 +25,31 @@ def entry_hash(prev_hash: str, content: dict[str, Any]) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical(content)).hexdigest()
 
 
+_HASHED = ("id", "incident_id", "seq", "at", "actor", "kind", "from_state", "to_state", "data")
+
+
+def _content_of(values: dict[str, Any]) -> dict[str, Any]:
+    content = {k: values[k] for k in _HASHED}
+    content["at"] = values["at"].isoformat()
+    return content
+
+
 def _content(e: TimelineEntry) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "incident_id": e.incident_id,
-        "seq": e.seq,
-        "at": e.at.isoformat(),
-        "actor": e.actor,
-        "kind": e.kind,
-        "from_state": e.from_state,
-        "to_state": e.to_state,
-        "data": e.data,
+    return _content_of({k: getattr(e, k) for k in _HASHED})
+
+
+def _next(incident: Incident, *, at: datetime, actor: str, kind: str, data: dict[str, Any],
+          from_state: str | None, to_state: str | None) -> dict[str, Any]:
+    """The next entry's values, linked to the incident's chain (whose head moves on)."""
+    values: dict[str, Any] = {
+        "id": new_id(), "incident_id": incident.id, "seq": incident.timeline_seq + 1,
+        "at": at, "actor": actor, "kind": kind, "from_state": from_state,
+        "to_state": to_state, "data": data, "prev_hash": incident.timeline_head,
     }
+    values["hash"] = entry_hash(values["prev_hash"], _content_of(values))
+    incident.timeline_seq = values["seq"]
+    incident.timeline_head = values["hash"]
+    return values
 
 
 def append(
@@ -51,8 +64,8 @@ def append(
     to_state: str | None = None,
 ) -> TimelineEntry:
     """Append an entry; the caller holds the incident's row lock (or SQLite's write lock)."""
-    entry = chain(incident, at=at, actor=actor, kind=kind, data=data, from_state=from_state,
-                  to_state=to_state)
+    entry = TimelineEntry(**_next(incident, at=at, actor=actor, kind=kind, data=data,
+                                  from_state=from_state, to_state=to_state))
     session.add(entry)
     return entry
 
@@ -67,25 +80,10 @@ def chain(
     from_state: str | None = None,
     to_state: str | None = None,
 ) -> TimelineEntry:
-    """The next entry of the incident's chain, linked in memory and not yet stored (for
-    rows inserted in bulk)."""
-    entry = TimelineEntry(
-        id=new_id(),
-        incident_id=incident.id,
-        seq=incident.timeline_seq + 1,
-        at=at,
-        actor=actor,
-        kind=kind,
-        from_state=from_state,
-        to_state=to_state,
-        data=data,
-        prev_hash=incident.timeline_head,
-        hash="",
-    )
-    entry.hash = entry_hash(entry.prev_hash, _content(entry))
-    incident.timeline_seq = entry.seq
-    incident.timeline_head = entry.hash
-    return entry
+    """The next entry of the incident's chain, linked in memory, for a bulk insert with a
+    Core statement (`row_of`); never added to a session."""
+    return unvalidated(TimelineEntry, _next(incident, at=at, actor=actor, kind=kind, data=data,
+                                            from_state=from_state, to_state=to_state))
 
 
 def first_broken_link(entries: Iterable[TimelineEntry]) -> tuple[TimelineEntry, str] | None:
