@@ -186,7 +186,8 @@ async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
             stmt = stmt.where(search_clause(env.dialect, Incident, f.q))
             rows = []
     if not rows:
-        result = await session.execute(stmt.order_by(*order).limit(limit + 1))
+        # On the connection, not the session: plain rows need none of the ORM's loading.
+        result = await (await session.connection()).execute(stmt.order_by(*order).limit(limit + 1))
         rows = [dict(r) for r in result.mappings()]
     next_cursor = None
     if len(rows) > limit:
@@ -215,7 +216,7 @@ async def _search_recent(session: AsyncSession, stmt: Any, ascending: bool, q: s
     page = (sa.select(window.c.id)
             .where(window.c.search_text.like(like_pattern(fold(q)), escape="\\"))
             .order_by(*_order(window.c.created_at, window.c.id, ascending)).limit(limit + 1))
-    found = await session.execute(
+    found = await (await session.connection()).execute(
         sa.select(*(table.c[name] for name in LIST_FIELDS))
         .where(table.c.id.in_(page)).order_by(*order)
     )
