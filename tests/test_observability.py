@@ -116,3 +116,5 @@ def test_metrics_cover_requests_alerts_transitions_deliveries_and_backlog(
                      text)
     assert re.search(r'crisisflow_transitions_total\{outcome="ok",trigger="assess"\} [1-9]', text)
     assert 'route="/api/v1/incidents/{incident_id}/transitions"' in text
+    # How many requests each ingest transaction carried (the group commit at work).
+    assert re.search(r"crisisflow_ingest_group_requests_count [1-9]", text)

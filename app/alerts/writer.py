@@ -26,6 +26,7 @@ from app.alerts.parsers import ParsedAlert
 from app.core.clock import utcnow
 from app.core.db import Database
 from app.core.errors import is_database_unavailable
+from app.core.metrics import INGEST_GROUP
 from app.core.types import table_of
 
 log = logging.getLogger("crisisflow.ingest")
@@ -88,6 +89,7 @@ class IngestWriter:
                 nxt = self._queue.get_nowait()
                 group.append(nxt)
                 size += len(nxt.alerts)
+            INGEST_GROUP.observe(len(group))
             try:
                 await self._write(group)
             except Exception as exc:  # the commit itself failed: every request in it fails

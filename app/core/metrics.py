@@ -17,3 +17,7 @@ DELIVERY_SECONDS = Histogram(
 OUTBOX_BACKLOG = Gauge("crisisflow_outbox_backlog", "Deliveries waiting (pending or failed)")
 OUTBOX_OLDEST = Gauge("crisisflow_outbox_oldest_due_seconds", "Age of the oldest due delivery")
 OVERDUE = Gauge("crisisflow_overdue_incidents", "Open incidents past a deadline")
+INGEST_GROUP = Histogram(
+    "crisisflow_ingest_group_requests", "Ingest requests committed together in one transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
