@@ -30,13 +30,15 @@ DatabaseDep = Annotated[Database, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-async def _write_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
-    async with db.transaction() as session:
+# The request itself rather than a nested DatabaseDep: each dependency FastAPI solves costs
+# every request, and lists are the most frequent reads.
+async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with get_db(request).transaction() as session:
         yield session
 
 
-async def _read_session(db: DatabaseDep) -> AsyncIterator[AsyncSession]:
-    async with db.read() as session:
+async def _read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with get_db(request).read() as session:
         yield session
 
 
