@@ -1151,3 +1151,46 @@ def test_concurrent_posts_to_two_api_processes_open_one_incident(
             live_server(create_app(settings)) as other_url:
         responses = _race([one_url, other_url], monitor, body, 20)
     _check_race(client, duty, responses)
+
+
+def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
+    """Requests committed together: when one of them cannot be stored (here a second copy of
+    a signed webhook racing the first), the others are still stored and answered, and the
+    loser is told to replay the winner's result."""
+    import asyncio
+
+    from app.alerts.parsers import parse_generic
+    from app.alerts.writer import DuplicateWebhook, IngestWriter
+    from app.bootstrap import build_env, open_database
+
+    async def scenario() -> list[Any]:
+        db = open_database(settings)
+        writer = IngestWriter(db, build_env(settings), settings.group_by,
+                              settings.raw_alert_max_bytes)
+        writer.start()
+        try:
+            submit = [
+                writer.submit(parse_generic(alert(fingerprint="ok-1")), "m", "k1"),
+                writer.submit(parse_generic(alert(fingerprint="hook")), "m", "k1", "msg-1"),
+                writer.submit(parse_generic(alert(fingerprint="hook")), "m", "k1", "msg-1"),
+                writer.submit(parse_generic(alert(fingerprint="ok-2")), "m", "k1"),
+            ]
+            return await asyncio.gather(*submit, return_exceptions=True)
+        finally:
+            await writer.stop()
+            await db.dispose()
+
+    first, hook, again, last = asyncio.run(scenario())
+    assert isinstance(again, DuplicateWebhook)
+    for outcome in (first, hook, last):
+        results, replayed = outcome
+        assert replayed is False and results[0].status == "firing"
+    from app.core.db import make_sync_engine
+
+    engine = make_sync_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            fingerprints = sorted(conn.execute(sa.select(Alert.fingerprint)).scalars())
+    finally:
+        engine.dispose()
+    assert fingerprints == ["hook", "ok-1", "ok-2"]

@@ -99,16 +99,21 @@ class _Batch:
     locked: dict[str, Incident] = field(default_factory=dict)
 
 
-def _open_keys() -> sa.Select[Any]:
+def _open_keys() -> sa.CompoundSelect[Any]:
     k = table_of(AlertKey)
     i = table_of(Incident)
-    # One kind per query (SQLite cannot use the primary key for a row-value IN list). Built
-    # once: constructing it for every group cost more than running it.
-    return (sa.select(k.c.key, k.c.incident_id, i.c.state, i.c.severity)
-            .join(i, i.c.id == k.c.incident_id)
-            .where(k.c.kind == sa.bindparam("kind"),
-                   k.c.key.in_(sa.bindparam("keys", expanding=True)),
-                   i.c.state != State.closed.value))
+
+    def of_kind(kind: str) -> sa.Select[Any]:
+        return (sa.select(k.c.kind, k.c.key, k.c.incident_id, i.c.state, i.c.severity)
+                .join(i, i.c.id == k.c.incident_id)
+                .where(k.c.kind == kind,
+                       k.c.key.in_(sa.bindparam(kind, expanding=True)),
+                       i.c.state != State.closed.value))
+
+    # Fingerprints and group keys in one round trip, one IN list each (SQLite cannot use the
+    # primary key for a row-value IN list). Built once: constructing it for every group cost
+    # more than running it.
+    return sa.union_all(of_kind("fp"), of_kind("group"))
 
 
 _OPEN_KEYS = _open_keys()
@@ -120,14 +125,14 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     if ctx.env.dialect == "postgresql":
         await session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_ID})
     fps = {a.fingerprint for a in alerts} | {r for a in alerts for r in a.references}
-    for kind, keys in (("fp", sorted(fps)), ("group", sorted({g for g in groups if g}))):
-        for start in range(0, len(keys), 500):
-            rows = await session.execute(_OPEN_KEYS, {"kind": kind,
-                                                      "keys": keys[start:start + 500]})
-            for r in rows:
-                batch.keys[(kind, r.key)] = r.incident_id
-                batch.targets[r.incident_id] = _Target(r.incident_id, str(r.state),
-                                                       str(r.severity))
+    fp_keys, group_keys = sorted(fps), sorted({g for g in groups if g})
+    for start in range(0, max(len(fp_keys), len(group_keys)), 500):
+        rows = await session.execute(_OPEN_KEYS, {"fp": fp_keys[start:start + 500],
+                                                  "group": group_keys[start:start + 500]})
+        for r in rows:
+            batch.keys[(r.kind, r.key)] = r.incident_id
+            batch.targets[r.incident_id] = _Target(r.incident_id, str(r.state),
+                                                   str(r.severity))
     if ctx.known_agencies is not None:
         batch.known_agencies = ctx.known_agencies
     else:

@@ -100,32 +100,15 @@ class IngestWriter:
     async def _write(self, group: list[_Request], *, single: bool = False
                      ) -> tuple[list[AlertResult], bool]:
         """One transaction for the group: all fresh requests are ingested together (one key
-        lookup, one insert); if that fails for a reason other than the database being gone,
-        each request is tried alone in its own savepoint, so one bad request fails alone."""
-        outcomes: dict[int, Any] = {}
-        async with self.db.transaction() as session:
-            fresh = []
-            for request in group:
-                replay = await self._replay(session, request)
-                if replay is not None:
-                    outcomes[id(request)] = (replay, True)
-                else:
-                    fresh.append(request)
-            if fresh:
-                try:
-                    async with session.begin_nested():
-                        outcomes.update(await self._ingest(session, fresh))
-                except Exception as exc:
-                    if single or len(fresh) == 1 or is_database_unavailable(exc):
-                        raise
-                    for request in fresh:
-                        try:
-                            async with session.begin_nested():
-                                outcomes.update(await self._ingest(session, [request]))
-                        except Exception as alone:
-                            if is_database_unavailable(alone):
-                                raise  # the whole group fails: its transaction is gone
-                            outcomes[id(request)] = alone
+        lookup, one insert). If that fails for a reason other than the database being gone,
+        the group runs again in a new transaction with each request in its own savepoint, so
+        one bad request fails alone (savepoints cost two statements, so only then)."""
+        try:
+            outcomes = await self._attempt(group, alone=False)
+        except Exception as exc:
+            if single or len(group) == 1 or is_database_unavailable(exc):
+                raise
+            outcomes = await self._attempt(group, alone=True)
         if single:
             return outcomes[id(group[0])]  # type: ignore[no-any-return]
         for request in group:
@@ -137,6 +120,28 @@ class IngestWriter:
             else:
                 request.done.set_result(outcome)
         return [], False
+
+    async def _attempt(self, group: list[_Request], *, alone: bool) -> dict[int, Any]:
+        outcomes: dict[int, Any] = {}
+        async with self.db.transaction() as session:
+            fresh = []
+            for request in group:
+                replay = await self._replay(session, request)
+                if replay is not None:
+                    outcomes[id(request)] = (replay, True)
+                else:
+                    fresh.append(request)
+            if fresh and not alone:
+                outcomes.update(await self._ingest(session, fresh))
+            for request in fresh if alone else []:
+                try:
+                    async with session.begin_nested():
+                        outcomes.update(await self._ingest(session, [request]))
+                except Exception as exc:
+                    if is_database_unavailable(exc):
+                        raise  # the whole group fails: its transaction is gone
+                    outcomes[id(request)] = exc
+        return outcomes
 
     async def _replay(self, session: Any, request: _Request) -> list[AlertResult] | None:
         if request.webhook_id is None:
