@@ -29,7 +29,7 @@ from app.core.ids import new_id
 from app.core.jsonutil import dumps
 from app.core.metrics import ALERTS
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
-from app.core.types import row_of, table_of
+from app.core.types import table_of
 from app.deadlines import service as deadlines
 from app.deadlines.models import Deadline
 from app.incidents import service as incidents
@@ -140,14 +140,14 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     return batch
 
 
-async def _locked(session: AsyncSession, batch: _Batch, incident_id: str) -> Incident:
-    """A stored incident, read with its row lock, for a change beyond its alert counters."""
-    inc = batch.locked.get(incident_id)
-    if inc is None:
-        stmt = select(Incident).where(Incident.id == incident_id).with_for_update()
-        inc = (await session.exec(stmt)).one()
-        batch.locked[incident_id] = inc
-    return inc
+async def _lock(session: AsyncSession, batch: _Batch, ids: list[str]) -> None:
+    """Read stored incidents with their row locks (in id order), for changes beyond their
+    alert counters; each is read once per batch."""
+    missing = sorted(set(ids) - batch.locked.keys())
+    if missing:
+        stmt = (select(Incident).where(col(Incident.id).in_(missing))
+                .order_by(col(Incident.id)).with_for_update())
+        batch.locked.update((inc.id, inc) for inc in (await session.exec(stmt)).all())
 
 
 def _point(batch: _Batch, kind: str, key: str | None, incident_id: str) -> None:
@@ -284,11 +284,7 @@ async def _apply_raises(session: AsyncSession, ctx: IngestContext, batch: _Batch
     if not targets:
         return
     ids = sorted(t.id for t in targets)
-    missing = [i for i in ids if i not in batch.locked]
-    if missing:
-        stmt = (select(Incident).where(col(Incident.id).in_(missing))
-                .order_by(col(Incident.id)).with_for_update())
-        batch.locked.update((inc.id, inc) for inc in (await session.exec(stmt)).all())
+    await _lock(session, batch, ids)
     clocks: dict[str, list[Deadline]] = {i: [] for i in ids}
     stmt2 = select(Deadline).where(col(Deadline.incident_id).in_(ids),
                                    col(Deadline.met_at).is_(None))
@@ -307,12 +303,7 @@ async def _apply_raises(session: AsyncSession, ctx: IngestContext, batch: _Batch
         session.add_all(clocks[inc.id])
         session.add(inc)
         target.state, target.severity = inc.state.value, inc.severity.value
-    await _insert_entries(session, entries)
-
-
-async def _insert_entries(session: AsyncSession, entries: list[TimelineEntry]) -> None:
-    if entries:
-        await session.execute(sa.insert(table_of(TimelineEntry)), [row_of(e) for e in entries])
+    await timeline.store(session, entries)
 
 
 async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Batch) -> None:
@@ -351,7 +342,8 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
     ids: list[str] = []
     if target.opening is None:
         await _apply_raises(session, ctx, batch, [target])  # earlier alerts come first
-        inc = await _locked(session, batch, incident_id)
+        await _lock(session, batch, [incident_id])
+        inc = batch.locked[incident_id]
         a = table_of(Alert)
         updated = await session.execute(
             sa.update(a)
@@ -373,7 +365,7 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
                            data={"fingerprint": alert.fingerprint, "source": alert.source,
                                  "alerts": len(ids)})
     if target.opening is None:
-        await _insert_entries(session, [entry])
+        await timeline.store(session, [entry])
         session.add(inc)
     else:
         target.opening.timeline.append(entry)

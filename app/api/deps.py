@@ -57,7 +57,7 @@ async def current_principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("Send an API key as `Authorization: Bearer <key>`.")
     cache: KeyCache = request.app.state.key_cache
-    db: Database = request.app.state.db
+    db = get_db(request)
     principal = await cache.get_or_load(token.strip(), lambda key: _load_principal(db, key))
     if principal is None:
         raise Unauthenticated("The API key is unknown or revoked.")

@@ -43,7 +43,7 @@ async def start_for_state(session: AsyncSession, wf: Workflow, incident: Inciden
             )
         )
         cycle = max(cycles.all(), default=0) + 1
-        deadline = _new(wf, spec.clock, cycle, incident, now, overrides)
+        deadline = Deadline(**_values(wf, spec.clock, cycle, incident, now, overrides))
         session.add(deadline)
         started.append(deadline)
     return started
@@ -54,11 +54,6 @@ def _values(wf: Workflow, clock: str, cycle: int, incident: Incident, now: datet
     return {"id": new_id(), "incident_id": incident.id, "clock": clock, "cycle": cycle,
             "started_at": now,
             "due_at": _due(wf, clock, incident.severity.value, now, overrides)}
-
-
-def _new(wf: Workflow, clock: str, cycle: int, incident: Incident, now: datetime,
-         overrides: Overrides) -> Deadline:
-    return Deadline(**_values(wf, clock, cycle, incident, now, overrides))
 
 
 def initial(wf: Workflow, incident: Incident, now: datetime,

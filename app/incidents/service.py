@@ -340,8 +340,7 @@ async def store_openings(session: AsyncSession, env: Env, openings: list[Opening
              for o in openings for code in agency_codes(o.incident)]
     if links:
         await session.execute(sa.insert(table_of(IncidentAgency)), links)
-    await session.execute(sa.insert(table_of(TimelineEntry)),
-                          [row_of(e) for o in openings for e in o.timeline])
+    await timeline.store(session, [e for o in openings for e in o.timeline])
     clocks = [row_of(d) for o in openings for d in o.deadlines]
     if clocks:
         await session.execute(sa.insert(table_of(Deadline)), clocks)

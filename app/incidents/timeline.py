@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.db import Database
 from app.core.ids import new_id
 from app.core.jsonutil import canonical
-from app.core.types import table_of, unvalidated
+from app.core.types import row_of, table_of, unvalidated
 from app.incidents.models import Incident, TimelineEntry
 
 GENESIS = "0" * 64
@@ -80,10 +80,16 @@ def chain(
     from_state: str | None = None,
     to_state: str | None = None,
 ) -> TimelineEntry:
-    """The next entry of the incident's chain, linked in memory, for a bulk insert with a
-    Core statement (`row_of`); never added to a session."""
+    """The next entry of the incident's chain, linked in memory, stored with `store`;
+    never added to a session."""
     return unvalidated(TimelineEntry, _next(incident, at=at, actor=actor, kind=kind, data=data,
                                             from_state=from_state, to_state=to_state))
+
+
+async def store(session: AsyncSession, entries: list[TimelineEntry]) -> None:
+    """Insert entries made by `chain`, in one statement."""
+    if entries:
+        await session.execute(sa.insert(table_of(TimelineEntry)), [row_of(e) for e in entries])
 
 
 def first_broken_link(entries: Iterable[TimelineEntry]) -> tuple[TimelineEntry, str] | None:
