@@ -25,6 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.agencies.models import Agency
 from app.alerts.models import Alert, AlertKey, AlertPublic, AlertResult
 from app.alerts.parsers import ParsedAlert
+from app.core.bulk import driver, insert_rows
 from app.core.ids import new_id
 from app.core.jsonutil import dumps
 from app.core.metrics import ALERTS
@@ -99,40 +100,35 @@ class _Batch:
     locked: dict[str, Incident] = field(default_factory=dict)
 
 
-def _open_keys() -> sa.CompoundSelect[Any]:
-    k = table_of(AlertKey)
-    i = table_of(Incident)
+def _open_keys_sql(match: str) -> str:
+    def of_kind(kind: str) -> str:
+        return (f"SELECT k.kind, k.key, k.incident_id, i.state, i.severity FROM alert_key AS k "
+                f"JOIN incident AS i ON i.id = k.incident_id WHERE k.kind = '{kind}' "
+                f"AND k.key {match} AND i.state <> '{State.closed.value}'")
 
-    def of_kind(kind: str) -> sa.Select[Any]:
-        return (sa.select(k.c.kind, k.c.key, k.c.incident_id, i.c.state, i.c.severity)
-                .join(i, i.c.id == k.c.incident_id)
-                .where(k.c.kind == kind,
-                       k.c.key.in_(sa.bindparam(kind, expanding=True)),
-                       i.c.state != State.closed.value))
-
-    # Fingerprints and group keys in one round trip, one IN list each (SQLite cannot use the
-    # primary key for a row-value IN list). Built once: constructing it for every group cost
-    # more than running it.
-    return sa.union_all(of_kind("fp"), of_kind("group"))
+    return f"{of_kind('fp')} UNION ALL {of_kind('group')}"
 
 
-_OPEN_KEYS = _open_keys()
+# Fingerprints and group keys of a whole group in one round trip, each list as one
+# parameter (a JSON array on SQLite, an array on PostgreSQL), through the primary key
+# (key, kind). SQLAlchemy's expanding IN lists cost more per key than the lookup itself.
+_OPEN_KEYS = {"sqlite": _open_keys_sql("IN (SELECT value FROM json_each(?))"),
+              "postgresql": _open_keys_sql("= ANY(?)")}
 
 
 async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
                 groups: list[str | None]) -> _Batch:
     batch = _Batch()
-    if ctx.env.dialect == "postgresql":
-        await session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_ID})
-    fps = {a.fingerprint for a in alerts} | {r for a in alerts for r in a.references}
-    fp_keys, group_keys = sorted(fps), sorted({g for g in groups if g})
-    for start in range(0, max(len(fp_keys), len(group_keys)), 500):
-        rows = await session.execute(_OPEN_KEYS, {"fp": fp_keys[start:start + 500],
-                                                  "group": group_keys[start:start + 500]})
-        for r in rows:
-            batch.keys[(r.kind, r.key)] = r.incident_id
-            batch.targets[r.incident_id] = _Target(r.incident_id, str(r.state),
-                                                   str(r.severity))
+    db = await driver(session)
+    if not db.sqlite:
+        await db.execute("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,))
+    fps = sorted({a.fingerprint for a in alerts} | {r for a in alerts for r in a.references})
+    keys = sorted({g for g in groups if g})
+    params = (dumps(fps).decode(), dumps(keys).decode()) if db.sqlite else (fps, keys)
+    for kind, key, incident_id, state, severity in await db.execute(
+            _OPEN_KEYS["sqlite" if db.sqlite else "postgresql"], params):
+        batch.keys[(kind, key)] = incident_id
+        batch.targets[incident_id] = _Target(incident_id, state, severity)
     if ctx.known_agencies is not None:
         batch.known_agencies = ctx.known_agencies
     else:
@@ -176,7 +172,7 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
     await session.flush()
     await _count_attached(session, ctx, batch)
     if rows:
-        await session.execute(sa.insert(table_of(Alert)), rows)
+        await insert_rows(session, table_of(Alert), rows)
     await _save_keys(session, ctx, batch)
     return results
 
@@ -312,21 +308,13 @@ async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Bat
     counts = sorted((t.id, t.attached) for t in batch.targets.values() if t.attached)
     if not counts:
         return
-    await session.execute(_COUNT_ATTACHED, [{"b_id": incident_id, "b_n": n, "b_now": ctx.now}
-                                            for incident_id, n in counts])
+    db = await driver(session)
+    now = db.time(ctx.now)
+    await db.execute(_COUNT_ATTACHED, [(n, now, now, incident_id) for incident_id, n in counts])
 
 
-def _count_statement() -> sa.Update:
-    i = table_of(Incident)
-    now = sa.bindparam("b_now", type_=i.c.last_alert_at.type)
-    return sa.update(i).where(i.c.id == sa.bindparam("b_id")).values(
-        alert_count=i.c.alert_count + sa.bindparam("b_n"),
-        last_alert_at=now,
-        first_alert_at=sa.func.coalesce(i.c.first_alert_at, now),
-    )
-
-
-_COUNT_ATTACHED = _count_statement()
+_COUNT_ATTACHED = ("UPDATE incident SET alert_count = alert_count + ?, last_alert_at = ?, "
+                   "first_alert_at = coalesce(first_alert_at, ?) WHERE id = ?")
 
 
 async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,

@@ -15,16 +15,31 @@ from typing import Any
 import sqlalchemy as sa
 
 _SPACE = re.compile(r"\s+")
-_D = str.maketrans({"đ": "d", "Đ": "d"})
 MIN_INDEXED = 3
+
+
+class _Folding(dict[int, str]):
+    """str.translate table that learns each character's folded form on first sight: its
+    canonical decomposition without combining marks (NFD of a whole text is the NFD of each
+    character, reordered only among the marks that are dropped)."""
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        folded = "".join(c for c in unicodedata.normalize("NFD", char)
+                         if not unicodedata.combining(c))
+        if len(self) < _FOLD_CACHE:  # bounded: a text may hold any of Unicode's characters
+            self[code] = folded
+        return folded
+
+
+_FOLD_CACHE = 20_000
+_FOLDING = _Folding({ord("đ"): "d", ord("Đ"): "d"})
 
 
 def fold(text: str | None) -> str:
     if not text:
         return ""
-    decomposed = unicodedata.normalize("NFD", text.translate(_D))
-    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return _SPACE.sub(" ", stripped).strip().lower()
+    return _SPACE.sub(" ", text.translate(_FOLDING)).strip().lower()
 
 
 def search_text(title: str, description: str | None) -> str:

@@ -22,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.agencies.service import require_agencies
 from app.auth.models import Role
 from app.auth.service import Principal
+from app.core.bulk import insert_rows
 from app.core.clock import utcnow
 from app.core.errors import (
     Conflict,
@@ -93,10 +94,16 @@ def guard_context(wf: Workflow, inc: Incident, proposal: Proposal | None,
     )
 
 
+_SNAPSHOT_FIELDS = tuple(f for f in IncidentPublic.model_fields if f != "allowed_triggers")
+
+
 def snapshot(inc: Incident) -> dict[str, Any]:
     """The incident as GET returns it, minus the caller-specific `allowed_triggers`."""
-    data = IncidentPublic.model_validate(inc).model_dump(mode="json", exclude={"allowed_triggers"})
-    return data
+    # The table object's values are already of the public types (IncidentPublic has no
+    # validators), so they are serialised without validating them again: every incident a
+    # storm opens takes a snapshot for its `incident.detected` event.
+    public = IncidentPublic.model_construct(**{k: getattr(inc, k) for k in _SNAPSHOT_FIELDS})
+    return public.model_dump(mode="json", exclude={"allowed_triggers"})
 
 
 async def to_public(session: AsyncSession, env: Env, inc: Incident,
@@ -334,16 +341,15 @@ async def store_openings(session: AsyncSession, env: Env, openings: list[Opening
     for opening, ref in zip(openings, refs, strict=True):
         opening.incident.reference = ref
         opening.detected["data"]["incident"]["reference"] = ref
-    await session.execute(sa.insert(table_of(Incident)),
-                          [row_of(o.incident) for o in openings])
+    await insert_rows(session, table_of(Incident), [row_of(o.incident) for o in openings])
     links = [{"incident_id": o.incident.id, "agency": code}
              for o in openings for code in agency_codes(o.incident)]
     if links:
-        await session.execute(sa.insert(table_of(IncidentAgency)), links)
+        await insert_rows(session, table_of(IncidentAgency), links)
     await timeline.store(session, [e for o in openings for e in o.timeline])
     clocks = [row_of(d) for o in openings for d in o.deadlines]
     if clocks:
-        await session.execute(sa.insert(table_of(Deadline)), clocks)
+        await insert_rows(session, table_of(Deadline), clocks)
     await emit_rows(session, [o.detected for o in openings])
 
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.bulk import insert_rows
 from app.core.db import Database
 from app.core.ids import new_id
 from app.core.jsonutil import canonical
@@ -89,7 +90,7 @@ def chain(
 async def store(session: AsyncSession, entries: list[TimelineEntry]) -> None:
     """Insert entries made by `chain`, in one statement."""
     if entries:
-        await session.execute(sa.insert(table_of(TimelineEntry)), [row_of(e) for e in entries])
+        await insert_rows(session, table_of(TimelineEntry), [row_of(e) for e in entries])
 
 
 def first_broken_link(entries: Iterable[TimelineEntry]) -> tuple[TimelineEntry, str] | None:

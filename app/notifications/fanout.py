@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.bulk import insert_rows
 from app.core.ids import new_id
 from app.core.types import table_of
 from app.notifications.models import Delivery, DeliveryStatus, Subscription
@@ -83,5 +83,5 @@ async def fan_out(session: AsyncSession, events: list[dict[str, Any]], seqs: lis
             for s in subs if matches(s, event["type"], incident, level, authorities)
         )
     if rows:
-        await session.execute(sa.insert(table_of(Delivery)), rows)
+        await insert_rows(session, table_of(Delivery), rows)
     return len(rows)

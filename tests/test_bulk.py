@@ -1,0 +1,113 @@
+"""The storm's fast paths store and show exactly what the ordinary paths do: rows inserted
+through the driver, the folded search text and the event snapshot of an incident."""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlmodel import SQLModel
+
+from app.alerts.models import Alert
+from app.core.bulk import insert_rows
+from app.core.types import row_of, table_of, unvalidated
+from app.incidents.models import Category, Incident, IncidentPublic, Severity, State
+from app.incidents.search import fold
+from app.incidents.service import snapshot
+
+ICT = timezone(timedelta(hours=7))
+NOW = datetime(2026, 11, 26, 15, 4, 5, 60, tzinfo=ICT)
+
+
+def _incident(id_: str) -> dict[str, Any]:
+    return {"id": id_, "reference": f"INC-2026-{id_}", "workflow": "communication-incident",
+            "workflow_version": 1, "state": State.detected, "severity": Severity.high,
+            "category": Category.fake_news, "title": "Tin giả về học phí",
+            "description": None, "lead_agency": "MOET", "affected_agencies": ["MOF", "MOH"],
+            "links": ["https://baomoi.example.vn/a"], "assessment": None,
+            "created_by": "giám sát", "created_at": NOW, "updated_at": NOW.astimezone(UTC),
+            "state_changed_at": NOW, "first_alert_at": NOW, "last_alert_at": None,
+            "deadline_at": datetime(2027, 1, 1, tzinfo=UTC), "overdue": True, "alert_count": 3,
+            "search_text": "tin gia ve hoc phi"}
+
+
+def _alert(id_: str, incident_id: str) -> dict[str, Any]:
+    return {"id": id_, "incident_id": incident_id, "format": "generic", "source": "nguồn",
+            "fingerprint": "fp-1", "group_key": None, "status": "firing", "deduplicated": True,
+            "severity": "high", "category": "fake_news", "title": "Tin giả",
+            "labels": {"topic": "học phí", "k": "v"}, "raw": '{"a": 1}', "observed_at": None,
+            "received_at": NOW, "resolved_at": datetime(2026, 1, 1, tzinfo=UTC),
+            "received_by": None}
+
+
+def _stored(conn: Any, table: str, id_: str) -> dict[str, Any]:
+    """The row as the database holds it, without SQLAlchemy's result processing."""
+    result = conn.exec_driver_sql(f"SELECT * FROM {table} WHERE id = '{id_}'")
+    return dict(result.mappings().one())
+
+
+def test_driver_inserts_store_what_the_orm_stores(client: TestClient, backend: str,
+                                                  admin: dict[str, str]) -> None:
+    db = client.app.state.db  # type: ignore[attr-defined]
+
+    async def write() -> None:
+        async with db.transaction() as session:
+            orm: list[SQLModel] = [Incident.model_validate(_incident("orm"))]
+            session.add_all(orm)
+            await session.flush()
+            session.add(Alert.model_validate(_alert("orm-a", "orm")))
+            await session.flush()
+            await insert_rows(session, table_of(Incident),
+                              [row_of(unvalidated(Incident, _incident("bulk")))])
+            await insert_rows(session, table_of(Alert), [_alert("bulk-a", "bulk")])
+
+    async def read() -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        async with db.transaction() as session:
+            conn = await session.connection()
+            return [await conn.run_sync(lambda c, t=t, a=a, b=b: (_stored(c, t, a),
+                                                                  _stored(c, t, b)))
+                    for t, a, b in [("incident", "orm", "bulk"), ("alert", "orm-a", "bulk-a")]]
+
+    client.portal.call(write)
+    rows = client.portal.call(read)
+    if backend == "sqlite":  # the text format SQLAlchemy's SQLite dialect stores and compares
+        assert rows[0][1]["created_at"] == "2026-11-26 08:04:05.000060"
+    for orm_row, bulk_row in rows:
+        differing = {k for k in orm_row if orm_row[k] != bulk_row[k]}
+        assert differing <= {"id", "reference", "incident_id"}, \
+            {k: (orm_row[k], bulk_row[k]) for k in differing}
+    # And the API reads a driver-inserted incident back with its zone-aware times.
+    got = client.get("/api/v1/incidents/bulk", headers=admin).json()
+    assert datetime.fromisoformat(got["created_at"]) == NOW
+    assert got["affected_agencies"] == ["MOF", "MOH"] and got["assessment"] is None
+
+
+def _fold_reference(text: str) -> str:
+    """The definition: NFD, combining marks dropped, đ → d, spaces collapsed, lower case."""
+    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "d"))
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return re.sub(r"\s+", " ", stripped).strip().lower()
+
+
+def test_folding_matches_its_definition() -> None:
+    rng = random.Random(7)
+    ranges = [(32, 0x250), (0x300, 0x370), (0x1E00, 0x1F00), (0xAC00, 0xAC40),
+              (0x3040, 0x30A0), (0x10000, 0x10100), (0x2000, 0x2010)]
+    samples = ["Tin giả về HỌC PHÍ Đại học", "e\u0301\u0323 ǅ ﬁ Å", "  a\t\n b  ", ""]
+    for _ in range(2000):
+        samples.append("".join(chr(rng.randrange(*rng.choice(ranges)))
+                               for _ in range(rng.randrange(0, 40))))
+    for text in samples:
+        assert fold(text) == _fold_reference(text), text
+
+
+def test_event_snapshot_is_the_public_representation() -> None:
+    inc = unvalidated(Incident, _incident("snap"))
+    expected = IncidentPublic.model_validate(inc).model_dump(mode="json",
+                                                             exclude={"allowed_triggers"})
+    assert snapshot(inc) == expected
+    assert datetime.fromisoformat(snapshot(inc)["created_at"]) == NOW
