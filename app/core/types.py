@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import class_mapper
 from sqlmodel import SQLModel
 
 M = TypeVar("M", bound=SQLModel)
+P = TypeVar("P", bound=BaseModel)
 
 
 _SQLITE_DATETIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
@@ -132,9 +134,19 @@ def unvalidated(model: type[M], values: dict[str, Any]) -> M:
     if missing:
         raise TypeError(f"{model.__name__} needs {', '.join(sorted(missing))}")
     obj: M = new_instance()
+    return _filled(obj, data, set(values))
+
+
+def constructed(model: type[P], values: dict[str, Any]) -> P:
+    """A plain (non-table) model from values of exactly its field types, every field given,
+    without validation: for serialising a table object as its public model."""
+    return _filled(model.__new__(model), values, set(values))
+
+
+def _filled(obj: P, data: dict[str, Any], fields_set: set[str]) -> P:
     obj.__dict__.update(data)
     # What pydantic's own constructor would have set.
-    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
     object.__setattr__(obj, "__pydantic_extra__", None)
     object.__setattr__(obj, "__pydantic_private__", None)
     return obj

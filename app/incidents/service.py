@@ -37,7 +37,7 @@ from app.core.errors import (
 from app.core.ids import new_id
 from app.core.metrics import TRANSITIONS
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
-from app.core.types import row_of, table_of, unvalidated
+from app.core.types import constructed, row_of, table_of, unvalidated
 from app.deadlines import service as deadlines
 from app.deadlines.models import Deadline
 from app.incidents import timeline
@@ -95,6 +95,7 @@ def guard_context(wf: Workflow, inc: Incident, proposal: Proposal | None,
 
 
 _SNAPSHOT_FIELDS = tuple(f for f in IncidentPublic.model_fields if f != "allowed_triggers")
+_PUBLIC_JSON = IncidentPublic.__pydantic_serializer__
 
 
 def snapshot(inc: Incident) -> dict[str, Any]:
@@ -102,8 +103,12 @@ def snapshot(inc: Incident) -> dict[str, Any]:
     # The table object's values are already of the public types (IncidentPublic has no
     # validators), so they are serialised without validating them again: every incident a
     # storm opens takes a snapshot for its `incident.detected` event.
-    public = IncidentPublic.model_construct(**{k: getattr(inc, k) for k in _SNAPSHOT_FIELDS})
-    return public.model_dump(mode="json", exclude={"allowed_triggers"})
+    values = {k: getattr(inc, k) for k in _SNAPSHOT_FIELDS}
+    values["allowed_triggers"] = None
+    public = constructed(IncidentPublic, values)
+    data: dict[str, Any] = _PUBLIC_JSON.to_python(public, mode="json",
+                                                  exclude={"allowed_triggers"})
+    return data
 
 
 async def to_public(session: AsyncSession, env: Env, inc: Incident,
