@@ -71,7 +71,15 @@ async def insert_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row
     plan = _plan(table, conn.dialect, suffix)
     pairs = tuple(zip(plan.keys, plan.processors, strict=True))
     params = [tuple(row[k] if p is None else p(row[k]) for k, p in pairs) for row in rows]
-    await conn.exec_driver_sql(plan.sql, params)  # type: ignore[arg-type]
+    await conn.run_sync(_execute, plan.sql, params)
+
+
+def _execute(conn: sa.Connection, sql: str, params: Any) -> list[Any]:
+    # Through run_sync: on SQLite's write engine the statement may complete without any
+    # await (app.core.sqlite_driver runs it inline), which AsyncConnection.exec_driver_sql
+    # refuses.
+    result = conn.exec_driver_sql(sql, params)
+    return list(result.fetchall()) if result.returns_rows else []
 
 
 class Driver:
@@ -89,11 +97,12 @@ class Driver:
         """A datetime as the UTC columns store it."""
         return self._time(value)
 
-    async def execute(self, sql: str, params: Any) -> Any:
+    async def execute(self, sql: str, params: Any) -> list[Any]:
         """`params`: one tuple, or a list of tuples (executemany)."""
         if not self._qmark:
             sql = sql.replace("?", "%s")
-        return await self.conn.exec_driver_sql(sql, params)
+        rows: list[Any] = await self.conn.run_sync(_execute, sql, params)
+        return rows
 
 
 async def driver(session: AsyncSession) -> Driver:

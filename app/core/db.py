@@ -118,11 +118,11 @@ class Database:
         ensure_sqlite_dir(url)
         aurl = async_url(url)
         if self.is_sqlite:
-            driver = sqlite_driver.dbapi()
-            self.engine: AsyncEngine = create_async_engine(aurl, pool_size=pool_size,
-                                                           module=driver, **JSON_CODEC)
-            self.read_engine: AsyncEngine = create_async_engine(aurl, pool_size=pool_size,
-                                                                module=driver, **JSON_CODEC)
+            self.engine: AsyncEngine = create_async_engine(
+                aurl, pool_size=pool_size, module=sqlite_driver.dbapi(inline_writes=True),
+                **JSON_CODEC)
+            self.read_engine: AsyncEngine = create_async_engine(
+                aurl, pool_size=pool_size, module=sqlite_driver.dbapi(), **JSON_CODEC)
             _sqlite_hooks(self.engine.sync_engine, "BEGIN IMMEDIATE")
             _sqlite_hooks(self.read_engine.sync_engine, "BEGIN")
         else:

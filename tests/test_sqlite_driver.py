@@ -1,0 +1,64 @@
+"""The SQLite write engine runs statements inside a transaction on the event loop's thread;
+only BEGIN (which may wait for another process's writer) and COMMIT go to the connection's
+thread. A writer queued behind another process must not stall the service."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from app.core.db import Database
+from app.core.migrate import upgrade
+
+
+def test_a_writer_waiting_for_another_process_does_not_stall_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "crisisflow.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    counter = sa.text("INSERT INTO reference_counter (year, value) VALUES (:y, 1) "
+                      "ON CONFLICT (year) DO UPDATE SET value = value + 1 RETURNING value")
+
+    async def main() -> None:
+        db = Database(url)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+
+        async def write() -> list[int]:
+            async with db.transaction() as session:
+                first = (await session.execute(counter, {"y": 1999})).scalar_one()
+                second = (await session.execute(counter, {"y": 1999})).scalar_one()
+                return [first, second]
+
+        writer = asyncio.create_task(write())
+        ticks, started = 0, time.monotonic()
+        while time.monotonic() - started < 0.5:
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not writer.done()  # still waiting for the lock...
+        assert ticks >= 25  # ...while the loop went on serving everything else
+        async with db.read() as session:  # readers are not blocked either (WAL)
+            assert (await session.execute(sa.text("SELECT count(*) FROM incident"))
+                    ).scalar_one() == 0
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(writer, 10) == [1, 2]
+        # A failing statement inside the transaction rolls the whole of it back.
+        try:
+            async with db.transaction() as session:
+                await session.execute(counter, {"y": 1999})
+                await session.execute(sa.text("INSERT INTO reference_counter (year, value) "
+                                              "VALUES (1999, 5)"))
+        except sa.exc.IntegrityError:
+            pass
+        else:
+            raise AssertionError("duplicate key accepted")
+        async with db.read() as session:
+            assert (await session.execute(sa.text(
+                "SELECT value FROM reference_counter WHERE year = 1999"))).scalar_one() == 2
+        other.close()
+        await db.dispose()
+
+    asyncio.run(main())
