@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -98,18 +100,35 @@ def serve(
     if seeded:
         typer.echo(f"seeded the agency directory with {seeded} agencies", err=True)
     factory = "app.asgi:app_with_worker" if not no_worker else "app.asgi:app_without_worker"
-    uvicorn.run(
-        factory,
-        host=host,
-        port=port,
-        workers=workers,
-        factory=True,
-        access_log=False,
-        log_config=None,
-        proxy_headers=False,
-        # Open event streams would otherwise hold a restart until their next heartbeat.
-        timeout_graceful_shutdown=5,
-    )
+    ingest = None
+    if settings.ingest_process:
+        from app.alerts.remote import IngestProcess
+
+        ingest = IngestProcess()
+        ingest.start()
+        # The API processes (this one, or uvicorn's spawned workers) read it from the
+        # environment when their app starts.
+        os.environ["CRISISFLOW_INGEST_SOCKET"] = ingest.path
+        get_settings.cache_clear()
+        # uvicorn re-raises the SIGTERM it handled once it has shut down; ending here
+        # instead lets the ingest process finish its group and stop too.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(
+            factory,
+            host=host,
+            port=port,
+            workers=workers,
+            factory=True,
+            access_log=False,
+            log_config=None,
+            proxy_headers=False,
+            # Open event streams would otherwise hold a restart until their next heartbeat.
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if ingest is not None:
+            ingest.stop()
 
 
 @cli.command()

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.agencies.router import router as agencies_router
+from app.alerts.remote import RemoteWriter
 from app.alerts.router import router as alerts_router
 from app.alerts.writer import IngestWriter
 from app.auth.cache import KeyCache
@@ -72,7 +73,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         http = make_http_client(settings)
         app.state.notifiers = NotifierRegistry(NotifierContext(settings=settings, http=http))
         app.state.worker = None
-        app.state.ingest = IngestWriter(db, env, settings.group_by, settings.raw_alert_max_bytes)
+        if settings.ingest_socket:
+            app.state.ingest = RemoteWriter(settings.ingest_socket, db.events_committed)
+        else:
+            app.state.ingest = IngestWriter(db, env, settings.group_by,
+                                            settings.raw_alert_max_bytes)
         app.state.ingest.start()
         if run_worker:
             app.state.worker = Worker(db, settings, registry=app.state.notifiers, env=env)

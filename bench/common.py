@@ -417,6 +417,16 @@ def group_pids(pgid: int) -> list[int]:
     return sorted(pids)
 
 
+def ingest_pids(candidates: list[int]) -> list[int]:
+    """The ingest process that `crisisflow serve` starts beside its API processes (by name)."""
+    found = []
+    for pid in candidates:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().startswith("crisisflow-ing"):
+                found.append(pid)
+    return found
+
+
 def listening_pids(port: int, candidates: list[int]) -> list[int]:
     """Which of `candidates` hold the listening socket on 127.0.0.1:port (by socket inode)."""
     inodes = set()

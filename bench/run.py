@@ -212,10 +212,12 @@ class Run:
                     if not same:
                         self.issues.append(f"{tag}: listening pid(s) {serving} differ from "
                                            f"serve pid {server.proc.pid}")
-                self.register_pool(server, key)
+                self.register_pool(server, key)  # the ingest process is up once this is done
+                ingest = common.ingest_pids(common.group_pids(server.proc.pid))
+                log(f"  ingest process {ingest or 'none (alerts written in the API process)'}")
                 profiler = self.start_profiler(tag, watch[0]) if self.cfg.profile else None
                 try:
-                    with RssSampler(watch) as rss:
+                    with RssSampler(watch + ingest) as rss:
                         res = self.wrk(server, "ingest.lua", connections=self.cfg.connections,
                                        duration=self.cfg.duration, timeout_s=10, tag=tag,
                                        key=key)
@@ -223,6 +225,7 @@ class Run:
                     if profiler:
                         self.finish_profiler(tag, profiler)
                 hwm = {p: kib(proc_status(p).get("VmHWM")) for p in watch}
+                ingest_hwm = {p: kib(proc_status(p).get("VmHWM")) for p in ingest}
             finally:
                 server.proc.stop()
                 if worker is not None:
@@ -241,25 +244,35 @@ class Run:
         if res.errors_total:
             figures += f", socket errors {res.errors_total}"
         cpu = ", ".join(f"{rss.cpu_pct.get(p, 0):.0f}%" for p in watch)
-        row = Row(name, backend, figures, fmt_ratio(ratio), *judge(checks),
-                  notes=[f"server CPU {cpu}"])
+        notes = [f"server CPU {cpu}"]
+        if ingest:
+            notes.append("ingest process CPU " +
+                         ", ".join(f"{rss.cpu_pct.get(p, 0):.0f}%" for p in ingest))
+        row = Row(name, backend, figures, fmt_ratio(ratio), *judge(checks), notes=notes)
         if res.non2xx:
             row.notes.append(f"{res.non2xx} non-2xx responses")
             self.issues.append(f"{tag}: {res.non2xx} non-2xx responses out of {res.requests}")
         self.rows.append(row)
         peak = max((v for v in hwm.values() if v), default=None)
         if not scaleout:
-            peak_mib = peak / 1024 if peak else None
+            # The serving process and the ingest process beside it, added up.
+            extra = sum(v for v in ingest_hwm.values() if v)
+            peak_mib = (peak + extra) / 1024 if peak else None
             sampled = max((rss.peak_mib(p) or 0 for p in watch), default=0)
+            parts = f"pid {watch[0]}; sampled VmRSS max {sampled:.0f} MiB"
+            if ingest_hwm:
+                parts = (f"API process {fmt_mib(peak / 1024 if peak else None)} + ingest "
+                         f"process {fmt_mib(extra / 1024)}; " + parts)
             self.rows.append(Row(
                 "peak RSS during ingest", backend,
-                f"VmHWM {fmt_mib(peak_mib)} (pid {watch[0]}; sampled VmRSS max "
-                f"{sampled:.0f} MiB)", "",
+                f"VmHWM {fmt_mib(peak_mib)} ({parts})", "",
                 *judge([(f"≤ {TARGETS['rss_mib']:g} MiB",
                          peak_mib is not None and peak_mib <= TARGETS["rss_mib"])])))
         else:
             per = ", ".join(f"{p}: {fmt_mib(v / 1024 if v else None)}" for p, v in hwm.items())
             row.notes.append(f"VmHWM per API process {per}")
+            for p, v in ingest_hwm.items():
+                row.notes.append(f"ingest process {p}: {fmt_mib(v / 1024 if v else None)}")
 
     # -- 2: batch ingest ----------------------------------------------------------------------
 
@@ -280,7 +293,8 @@ class Run:
                              duration=self.cfg.warmup, timeout_s=60, tag=f"{tag}-warmup",
                              key=key, extra=env, warmup=False)
                 before, t0 = count_rows(url, "alert"), time.monotonic()
-                with RssSampler([server.proc.pid]) as rss:
+                ingest = common.ingest_pids(common.group_pids(server.proc.pid))
+                with RssSampler([server.proc.pid, *ingest]) as rss:
                     res = self.wrk(server, "batch.lua", connections=self.cfg.batch_connections,
                                    duration=self.cfg.duration, timeout_s=60, tag=tag, key=key,
                                    extra=env, warmup=False)
@@ -313,6 +327,7 @@ class Run:
         if res.errors_total:
             figures += f", socket errors {res.errors_total}"
         notes = [f"server CPU {rss.cpu_pct.get(server.proc.pid, 0):.0f}%"]
+        notes += [f"ingest process CPU {rss.cpu_pct.get(p, 0):.0f}%" for p in ingest]
         if res.requests < 50:
             notes.append(f"only {res.requests} requests completed in {res.duration_s:.0f}s, so "
                          "the figure is the server-side count of committed alerts")

@@ -13,6 +13,7 @@ from app.alerts.parsers import (
     parse_cap,
     parse_generic,
 )
+from app.alerts.remote import RemoteWriter
 from app.alerts.schemas import AlertmanagerWebhookIn, GenericAlertIn
 from app.alerts.writer import DuplicateWebhook, IngestWriter
 from app.api.deps import Monitor, Reader, ReadSessionDep
@@ -20,6 +21,7 @@ from app.auth.service import Principal
 from app.core.clock import utcnow
 from app.core.errors import Unauthenticated, UnsupportedMediaType, ValidationProblem
 from app.core.jsonutil import dumps, loads
+from app.core.metrics import ALERTS
 from app.core.pagination import MAX_LIMIT, Page
 from app.core.ratelimit import RateLimiter
 from app.core.signing import SignatureError, verify
@@ -87,7 +89,7 @@ async def _accept(request: Request, principal: Principal, alerts: list[ParsedAle
                   webhook_id: str | None) -> Response:
     limiter: RateLimiter = request.app.state.rate_limiter
     limiter.check(principal.key_id, len(alerts))
-    writer: IngestWriter = request.app.state.ingest
+    writer: IngestWriter | RemoteWriter = request.app.state.ingest
     try:
         results, replayed = await writer.submit(alerts, principal.actor, principal.key_id,
                                                 webhook_id)
@@ -95,6 +97,10 @@ async def _accept(request: Request, principal: Principal, alerts: list[ParsedAle
         # A concurrent request with this webhook-id has just committed: replay its result.
         results, replayed = await writer.submit(alerts, principal.actor, principal.key_id,
                                                 webhook_id)
+    if not replayed:
+        for alert, result in zip(alerts, results, strict=True):
+            outcome = "deduplicated" if result.deduplicated else result.status
+            ALERTS.labels(alert.format, outcome).inc()
     content = dumps(service.result_body(results))
     return Response(content, status_code=200 if replayed else 202,
                     media_type="application/json")

@@ -28,7 +28,6 @@ from app.alerts.parsers import ParsedAlert
 from app.core.bulk import driver, insert_rows
 from app.core.ids import new_id
 from app.core.jsonutil import dumps
-from app.core.metrics import ALERTS
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
 from app.core.types import table_of
 from app.deadlines import service as deadlines
@@ -165,7 +164,6 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
             ctx.actor, ctx.key_id = origins[i]
         result = await _one(session, ctx, batch, alert, group, rows)
         results.append(result)
-        ALERTS.labels(alert.format, "deduplicated" if result.deduplicated else result.status).inc()
     await _apply_raises(session, ctx, batch, list(batch.targets.values()))
     # Incidents first: the alerts and keys refer to them.
     await incidents.store_openings(session, ctx.env, batch.openings)

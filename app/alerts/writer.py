@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +54,10 @@ class _Request:
 
 
 class IngestWriter:
-    def __init__(self, db: Database, env: Any, group_by: list[str], raw_max_bytes: int) -> None:
+    def __init__(self, db: Database, env: Any, group_by: list[str], raw_max_bytes: int,
+                 on_group: Callable[[list[_Request]], None] | None = None) -> None:
         self.db = db
+        self.on_group = on_group or (lambda group: INGEST_GROUP.observe(len(group)))
         self.env = env
         self.group_by = group_by
         self.raw_max_bytes = raw_max_bytes
@@ -89,7 +92,7 @@ class IngestWriter:
                 nxt = self._queue.get_nowait()
                 group.append(nxt)
                 size += len(nxt.alerts)
-            INGEST_GROUP.observe(len(group))
+            self.on_group(group)
             try:
                 await self._write(group)
             except Exception as exc:  # the commit itself failed: every request in it fails

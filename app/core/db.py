@@ -158,7 +158,7 @@ class Database:
         session = self._write()
         session.info.update(self.session_info)
         session.info["after_commit"] = hooks
-        session.info["events_committed"] = self._events_committed
+        session.info["events_committed"] = self.events_committed
         try:
             yield session
             await session.commit()
@@ -168,7 +168,7 @@ class Database:
         finally:
             await session.close()
 
-    def _events_committed(self) -> None:
+    def events_committed(self) -> None:
         for listener in self.event_listeners:
             listener()
 

@@ -1,0 +1,315 @@
+"""Alert ingestion in a process of its own, next to the API processes.
+
+One Python process runs on one core: serving HTTP and writing alert groups in the same
+process left the machine's other cores to the database and the load. `crisisflow serve`
+therefore starts an ingest process (`run_ingest_process`) that owns the group commit
+(`IngestWriter`), and every API process sends it parsed alerts over a Unix socket
+(`RemoteWriter`, with the same `submit` as the in-process writer). Nothing changes for a
+client: the ingest process answers only after the group's commit, so a 202 still means the
+alerts are stored; it also tells the API processes when a commit emitted events, so their
+worker and live feed wake at once.
+
+Frames are a 4-byte length and a pickle. The socket lives in a directory only this user can
+open, and both ends are the same program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.alerts.parsers import ParsedAlert
+from app.alerts.writer import DuplicateWebhook, IngestWriter
+from app.core.config import Settings
+from app.core.errors import ProblemError, Unavailable, is_database_unavailable
+from app.core.metrics import INGEST_GROUP
+
+log = logging.getLogger("crisisflow.ingest")
+_LENGTH = struct.Struct("!I")
+EVENTS = "events"
+GROUP = "group"
+PROCESS_NAME = "crisisflow-ingest"  # Linux keeps the first 15 characters
+CONNECT_WAIT = 10.0  # seconds an API request waits for the ingest process to (re)start
+
+
+def _frame(message: Any) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
+async def _read(reader: asyncio.StreamReader) -> Any:
+    (size,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    return pickle.loads(await reader.readexactly(size))  # our own frames
+
+
+class RemoteWriter:
+    """The API process's side: `submit` sends the alerts and waits for the stored results."""
+
+    def __init__(self, path: str, on_events: Callable[[], None]) -> None:
+        self.path = path
+        self.on_events = on_events
+        self._ids = itertools.count()
+        self._pending: dict[int, asyncio.Future[tuple[str, Any]]] = {}
+        self._stream: asyncio.StreamWriter | None = None
+        self._connecting = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Connects on first use: the ingest process may still be starting."""
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._stream is not None:
+            self._stream.close()
+
+    async def submit(self, alerts: list[ParsedAlert], actor: str, key_id: str,
+                     webhook_id: str | None = None) -> tuple[Any, bool]:
+        stream = await self._connect()
+        request_id = next(self._ids)
+        done: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = done
+        stream.write(_frame((request_id, alerts, actor, key_id, webhook_id)))
+        kind, payload = await done
+        if kind == "ok":
+            results, replayed = payload
+            return results, replayed
+        if kind == "duplicate":
+            raise DuplicateWebhook()
+        if kind == "problem":
+            status, body = payload
+            raise _RemoteProblem(status, body)
+        if kind == "unavailable":
+            raise Unavailable(payload)
+        raise RuntimeError(f"the ingest process failed: {payload}")
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        if self._stream is not None and not self._stream.is_closing():
+            return self._stream
+        async with self._connecting:
+            if self._stream is not None and not self._stream.is_closing():
+                return self._stream
+            deadline = time.monotonic() + CONNECT_WAIT
+            while True:
+                try:
+                    reader, self._stream = await asyncio.open_unix_connection(self.path)
+                    break
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        raise Unavailable("alert ingestion is restarting; retry shortly") \
+                            from exc
+                    await asyncio.sleep(0.05)
+            self._reader = asyncio.create_task(self._receive(reader, self._stream),
+                                               name="crisisflow-ingest-client")
+            return self._stream
+
+    async def _receive(self, reader: asyncio.StreamReader, stream: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                message = await _read(reader)
+                if message == EVENTS:
+                    self.on_events()
+                    continue
+                if message[0] == GROUP:
+                    INGEST_GROUP.observe(message[1])
+                    continue
+                request_id, kind, payload = message
+                done = self._pending.pop(request_id, None)
+                if done is not None and not done.done():
+                    done.set_result((kind, payload))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            stream.close()
+            # Requests in flight when the ingest process went away: their outcome is unknown
+            # to us (a group may have committed just before), so the client retries, and a
+            # retried alert deduplicates by its fingerprint.
+            lost = "alert ingestion restarted before answering; retry the request"
+            for done in self._pending.values():
+                if not done.done():
+                    done.set_result(("unavailable", lost))
+            self._pending.clear()
+
+
+class _RemoteProblem(ProblemError):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        extra = {k: v for k, v in body.items() if k not in {"type", "title", "status", "detail"}}
+        super().__init__(body.get("detail"), **extra)
+        self.status, self.type, self.title = status, body["type"], body["title"]
+
+
+class IngestServer:
+    """The ingest process's side: one group-commit writer for every API process."""
+
+    def __init__(self, settings: Settings, path: str) -> None:
+        self.settings = settings
+        self.path = path
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._origin: dict[int, asyncio.StreamWriter] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from app.bootstrap import build_env, open_database
+
+        settings = self.settings
+        db = open_database(settings)
+        db.event_listeners.append(self._events_committed)
+        self.writer = IngestWriter(db, build_env(settings), settings.group_by,
+                                   settings.raw_alert_max_bytes, on_group=self._group_taken)
+        self.writer.start()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        server = await asyncio.start_unix_server(self._serve, self.path)
+        os.chmod(self.path, 0o600)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            # Groups already taken are committed and answered before the process leaves.
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=30)
+            for client in list(self._clients):
+                client.close()
+            await self.writer.stop()
+            await db.dispose()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def _group_taken(self, group: list[Any]) -> None:
+        # The API process that sent the group's first request records its size, so the
+        # histogram (served by the API processes' /metrics) counts each group once.
+        stream = self._origin.get(id(group[0].alerts))
+        if stream is not None and not stream.is_closing():
+            stream.write(_frame((GROUP, len(group))))
+
+    def _events_committed(self) -> None:
+        frame = _frame(EVENTS)
+        for client in self._clients:
+            client.write(frame)
+
+    async def _serve(self, reader: asyncio.StreamReader, stream: asyncio.StreamWriter) -> None:
+        self._clients.add(stream)
+        try:
+            while True:
+                message = await _read(reader)
+                task = asyncio.create_task(self._answer(message, stream))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._clients.discard(stream)
+            stream.close()
+
+    async def _answer(self, message: Any, stream: asyncio.StreamWriter) -> None:
+        request_id, alerts, actor, key_id, webhook_id = message
+        reply: tuple[str, Any]
+        self._origin[id(alerts)] = stream
+        try:
+            reply = ("ok", await self.writer.submit(alerts, actor, key_id, webhook_id))
+        except DuplicateWebhook:
+            reply = ("duplicate", None)
+        except ProblemError as exc:
+            reply = ("problem", (exc.status, exc.body()))
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                reply = ("unavailable", "the database is unavailable")
+            else:
+                log.exception("alert ingestion failed")
+                reply = ("error", type(exc).__name__)
+        finally:
+            del self._origin[id(alerts)]
+        if not stream.is_closing():
+            stream.write(_frame((request_id, *reply)))
+
+
+def _ingest_main(path: str) -> None:
+    """Entry point of the ingest process."""
+    from app.core.config import get_settings
+    from app.core.logging import configure_logging
+
+    with contextlib.suppress(OSError):  # its name in ps and top (Linux)
+        Path("/proc/self/comm").write_text(PROCESS_NAME)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    parent = os.getppid()
+
+    async def orphaned(stop: asyncio.Event) -> None:
+        # `serve` killed outright never stops us: leave once it is gone.
+        while os.getppid() == parent:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1)
+                return
+        stop.set()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        watch = asyncio.create_task(orphaned(stop))
+        await IngestServer(settings, path).run(stop)
+        watch.cancel()
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+class IngestProcess:
+    """Starts the ingest process and starts it again if it dies, until `stop`."""
+
+    def __init__(self) -> None:
+        self.path = str(Path(tempfile.mkdtemp(prefix="crisisflow-")) / "ingest.sock")
+        self._context = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._stopping = threading.Event()
+        self._watch = threading.Thread(target=self._supervise, name="crisisflow-ingest-watch",
+                                       daemon=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        self._spawn()
+        self._watch.start()
+
+    def _spawn(self) -> None:
+        self._process = self._context.Process(target=_ingest_main, args=(self.path,),
+                                              name="crisisflow-ingest", daemon=True)
+        self._process.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            self._process.join(timeout=0.2)
+            if self._process.exitcode is not None and not self._stopping.is_set():
+                log.error("the ingest process exited (code %s); starting it again",
+                          self._process.exitcode)
+                time.sleep(0.2)
+                self._spawn()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=35)
+            if self._process.is_alive():
+                self._process.kill()
+        with contextlib.suppress(OSError):
+            Path(self.path).parent.rmdir()

@@ -1,0 +1,160 @@
+"""`crisisflow serve` writes alerts in an ingest process beside its API process: clients see
+the same answers, the worker still hears of new incidents at once, and a crashed ingest
+process is replaced without losing or inventing anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.factories import free_port
+from tests.helpers.receivers import HttpReceiver
+
+CRISISFLOW = str(Path(sys.executable).with_name("crisisflow"))
+
+
+def _env(db_url: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "CRISISFLOW_DATABASE_URL": db_url, "CRISISFLOW_LOG_JSON": "false",
+            "CRISISFLOW_INGEST_RATE_LIMIT": "0", **extra}
+
+
+def _key(db_url: str, role: str) -> dict[str, str]:
+    done = subprocess.run([CRISISFLOW, "keys", "create", "--name", role, "--role", role,
+                           "--json"], env=_env(db_url), capture_output=True, text=True,
+                          check=True, timeout=60)
+    key = json.loads(done.stdout.strip().splitlines()[-1])["key"]
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _children(pid: int) -> dict[int, str]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found[int(entry.name)] = (entry / "comm").read_text().strip()
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _ingest_pid(serve: subprocess.Popen[bytes]) -> int | None:
+    return next((p for p, name in _children(serve.pid).items()
+                 if name.startswith("crisisflow-ing")), None)
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def served(db_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    # A slow poll: only the ingest process's "events committed" signal can deliver promptly.
+    serve = subprocess.Popen([CRISISFLOW, "serve", "--port", str(port)],
+                             env=_env(db_url, CRISISFLOW_WORKER_POLL_SECONDS="10"),
+                             stdout=(tmp_path / "serve.log").open("ab"),
+                             stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(base + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        _wait(ready, 60, "crisisflow serve")
+        yield serve, base
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            raise
+
+
+def _alert(fingerprint: str, topic: str) -> dict[str, Any]:
+    return {"source": "social-listening", "title": f"Tin giả về {topic}", "severity": "high",
+            "fingerprint": fingerprint, "labels": {"topic": topic, "agency": "MOH"}}
+
+
+def test_serve_writes_alerts_in_its_ingest_process(
+        served: tuple[subprocess.Popen[bytes], str], db_url: str, tmp_path: Path) -> None:
+    serve, base = served
+    monitor, admin = _key(db_url, "monitor"), _key(db_url, "admin")
+    ingest = _wait(lambda: _ingest_pid(serve), 30, "the ingest process")
+    with HttpReceiver() as receiver, httpx.Client(base_url=base, timeout=30) as http:
+        sub = http.post("/api/v1/subscriptions", headers=admin, json={
+            "agency": "MOH", "notifier": "webhook", "target": receiver.url,
+            "events": ["incident.detected"], "scope": "all"})
+        assert sub.status_code == 201, sub.text
+        first = http.post("/api/v1/alerts", headers=monitor, json=_alert("fp-1", "hoc-phi"))
+        assert first.status_code == 202, first.text
+        opened = first.json()["results"][0]
+        assert opened["deduplicated"] is False
+        # The worker (10 s poll) hears of the new incident from the ingest process at once.
+        started = time.monotonic()
+        delivered = receiver.wait_for(1, timeout=5)
+        assert time.monotonic() - started < 5
+        assert delivered[0].json()["data"]["incident"]["id"] == opened["incident_id"]
+
+        again = http.post("/api/v1/alerts", headers=monitor,
+                          json=[_alert("fp-1", "hoc-phi"), _alert("fp-2", "hoc-phi")])
+        assert again.status_code == 202
+        assert [(r["incident_id"], r["deduplicated"]) for r in again.json()["results"]] == \
+            [(opened["incident_id"], True), (opened["incident_id"], False)]
+        bad = http.post("/api/v1/alerts", headers=monitor, json=[_alert("fp-3", "x"), {}])
+        assert bad.status_code == 422
+        assert bad.json()["errors"][0]["loc"][0] == 1
+
+        # The ingest process dies: it is started again, and in the meantime a request is
+        # answered 503 problem+json or waits for it; nothing is stored twice or lost.
+        os.kill(ingest, signal.SIGKILL)
+        statuses = set()
+
+        def accepted_again() -> bool:
+            r = http.post("/api/v1/alerts", headers=monitor, json=_alert("fp-1", "hoc-phi"))
+            statuses.add(r.status_code)
+            if r.status_code == 503:
+                assert r.headers["content-type"].startswith("application/problem+json")
+                return False
+            assert r.status_code == 202, r.text
+            assert r.json()["results"][0]["incident_id"] == opened["incident_id"]
+            return True
+
+        _wait(accepted_again, 60, "alerts accepted after the restart")
+        restarted = _wait(lambda: _ingest_pid(serve), 30, "the new ingest process")
+        assert restarted != ingest
+        assert statuses <= {202, 503}
+
+        incident = http.get(f"/api/v1/incidents/{opened['incident_id']}", headers=admin).json()
+        assert incident["alert_count"] == 4  # fp-1 three times, fp-2 once
+        metrics = http.get("/metrics").text
+        assert 'crisisflow_alerts_total{format="generic",outcome="deduplicated"}' in metrics
+        counted = [line for line in metrics.splitlines()
+                   if line.startswith("crisisflow_ingest_group_requests_count")]
+        assert counted and float(counted[0].split()[-1]) >= 3
+
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=60) == 0
+    _wait(lambda: not Path(f"/proc/{restarted}").exists(), 30, "the ingest process to stop")
