@@ -4,6 +4,7 @@ process is replaced without losing or inventing anything."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -158,3 +159,27 @@ def test_serve_writes_alerts_in_its_ingest_process(
     serve.send_signal(signal.SIGTERM)
     assert serve.wait(timeout=60) == 0
     _wait(lambda: not Path(f"/proc/{restarted}").exists(), 30, "the ingest process to stop")
+
+
+def test_an_unreachable_database_is_503_through_the_ingest_process(tmp_path: Path) -> None:
+    from app.alerts.parsers import parse_generic
+    from app.alerts.remote import IngestServer, RemoteWriter
+    from app.core.config import Settings
+    from app.core.errors import Unavailable
+
+    settings = Settings(database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
+    path = str(tmp_path / "ingest.sock")
+    woken: list[bool] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        server = asyncio.create_task(IngestServer(settings, path).run(stop))
+        client = RemoteWriter(path, lambda: woken.append(True))
+        with pytest.raises(Unavailable, match="database"):
+            await client.submit(parse_generic(_alert("fp-1", "t")), "monitor", "k-1")
+        stop.set()
+        await asyncio.wait_for(server, 30)
+        await client.stop()
+
+    asyncio.run(main())
+    assert not woken and not Path(path).exists()
