@@ -17,8 +17,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -364,17 +362,11 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
 
 
 async def _save_keys(session: AsyncSession, ctx: IngestContext, batch: _Batch) -> None:
-    if not batch.new_keys:
-        return
-    table = table_of(AlertKey)
-    insert = pg_insert if ctx.env.dialect == "postgresql" else sqlite_insert
     values = [{"kind": k, "key": key, "incident_id": v} for (k, key), v in batch.new_keys.items()]
-    # One statement with a list of parameters: a statement whose VALUES carries the rows
-    # themselves is compiled anew every time.
-    stmt = insert(table)
-    stmt = stmt.on_conflict_do_update(index_elements=["kind", "key"],
-                                      set_={"incident_id": stmt.excluded.incident_id})
-    await session.execute(stmt, values)
+    await insert_rows(session, table_of(AlertKey), values, _KEY_UPSERT)
+
+
+_KEY_UPSERT = " ON CONFLICT (key, kind) DO UPDATE SET incident_id = excluded.incident_id"
 
 
 async def list_for_incident(session: AsyncSession, incident_id: str, limit: int,

@@ -10,6 +10,7 @@ exactly as if the ORM had written them.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -67,11 +68,11 @@ async def insert_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row
     `suffix` is appended to the statement (an ON CONFLICT clause, say)."""
     if not rows:
         return
-    conn = await session.connection()
-    plan = _plan(table, conn.dialect, suffix)
+    db = await driver(session)
+    plan = _plan(table, db.conn.dialect, suffix)
     pairs = tuple(zip(plan.keys, plan.processors, strict=True))
     params = [tuple(row[k] if p is None else p(row[k]) for k, p in pairs) for row in rows]
-    await conn.run_sync(_execute, plan.sql, params)
+    await db.execute(plan.sql, params)
 
 
 def _execute(conn: sa.Connection, sql: str, params: Any) -> list[Any]:
@@ -80,6 +81,17 @@ def _execute(conn: sa.Connection, sql: str, params: Any) -> list[Any]:
     # refuses.
     result = conn.exec_driver_sql(sql, params)
     return list(result.fetchall()) if result.returns_rows else []
+
+
+def _inline_sqlite(conn: Any) -> sqlite3.Connection | None:
+    """The sqlite3 connection itself, when statements may run on it right here: SQLite's
+    write engine inside its transaction (app.core.sqlite_driver runs them on this thread
+    anyway; going straight to sqlite3 also skips SQLAlchemy's execution context)."""
+    adapted = conn.sync_connection.connection.dbapi_connection
+    if not getattr(adapted, "inline", False):
+        return None
+    raw: sqlite3.Connection = adapted._connection._conn
+    return raw if raw.in_transaction else None
 
 
 class Driver:
@@ -92,6 +104,7 @@ class Driver:
         self.sqlite = conn.dialect.name == "sqlite"
         self._qmark = conn.dialect.paramstyle == "qmark"
         self._time = UTCDateTime().bind_processor(conn.dialect)
+        self._raw = _inline_sqlite(conn) if self.sqlite else None
 
     def time(self, value: datetime) -> Any:
         """A datetime as the UTC columns store it."""
@@ -99,6 +112,13 @@ class Driver:
 
     async def execute(self, sql: str, params: Any) -> list[Any]:
         """`params`: one tuple, or a list of tuples (executemany)."""
+        if self._raw is not None:
+            cursor = (self._raw.executemany(sql, params) if isinstance(params, list)
+                      else self._raw.execute(sql, params))
+            try:
+                return cursor.fetchall() if cursor.description else []
+            finally:
+                cursor.close()
         if not self._qmark:
             sql = sql.replace("?", "%s")
         rows: list[Any] = await self.conn.run_sync(_execute, sql, params)

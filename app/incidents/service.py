@@ -14,15 +14,13 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from pydantic import ValidationError
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.agencies.service import require_agencies
 from app.auth.models import Role
 from app.auth.service import Principal
-from app.core.bulk import insert_rows
+from app.core.bulk import driver, insert_rows
 from app.core.clock import utcnow
 from app.core.errors import (
     Conflict,
@@ -253,20 +251,10 @@ def _scope_agency(principal: Principal) -> str | None:
 
 # -- creating and editing ---------------------------------------------------------------
 
-def _reference_upsert(insert: Any) -> Any:
-    table = sa.table("reference_counter", sa.column("year"), sa.column("value"))
-    count = sa.bindparam("count", type_=sa.Integer())
-    return (
-        insert(table)
-        .values(year=sa.bindparam("year", type_=sa.Integer()), value=count)
-        .on_conflict_do_update(index_elements=["year"], set_={"value": table.c.value + count})
-        .returning(table.c.value)
-    )
-
-
-# Built once per dialect: the statement is run for every group of new incidents.
-_REFERENCE_UPSERT = {"postgresql": _reference_upsert(pg_insert),
-                     "sqlite": _reference_upsert(sqlite_insert)}
+# One atomic upsert hands out a range of numbers (SQLite and PostgreSQL spell it alike).
+_REFERENCE_UPSERT = ("INSERT INTO reference_counter (year, value) VALUES (?, ?) "
+                     "ON CONFLICT (year) DO UPDATE SET value = reference_counter.value + "
+                     "excluded.value RETURNING value")
 
 
 async def next_references(session: AsyncSession, env: Env, now: datetime,
@@ -274,8 +262,7 @@ async def next_references(session: AsyncSession, env: Env, now: datetime,
     """`count` numbers `INC-YYYY-NNNNNN` from one atomic upsert, so concurrent creators never
     share a number."""
     year = now.astimezone(env.zone).year
-    stmt = _REFERENCE_UPSERT[env.dialect]
-    last = (await session.execute(stmt, {"year": year, "count": count})).scalar_one()
+    [(last,)] = await (await driver(session)).execute(_REFERENCE_UPSERT, (year, count))
     return [f"INC-{year}-{value:06d}" for value in range(last - count + 1, last + 1)]
 
 
