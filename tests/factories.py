@@ -5,13 +5,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import pytest
 import uvicorn
 
+T = TypeVar("T")
 PROBLEM = "application/problem+json"
 
 
@@ -48,6 +50,19 @@ RESPONSE = {"channel": "press_release", "statement": "Thông tin chính thức: 
             "spokesperson": "Người phát ngôn Bộ Y tế"}
 PROPOSAL = {"lead_agency": "MOH", "members": ["MIC", "MPS"], "mandate": "Xử lý tin giả",
             "rationale": "Lan truyền nhanh trên mạng xã hội"}
+
+
+def eventually(probe: Callable[[], T | None], timeout: float, what: str,
+               interval: float = 0.1) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def free_port() -> int:

@@ -19,19 +19,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from string import Template
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from tests.factories import free_port, live_server
+from tests.factories import eventually, free_port, live_server
 
 API = "/api/v1"
 CONFIG = Path(__file__).resolve().parent / "fixtures" / "alertmanager" / "crisisflow.yml"
 BINARIES = ("prometheus-alertmanager", "alertmanager")
-T = TypeVar("T")
 
 FAKE_NEWS = {
     "labels": {"alertname": "TinGiaLanTruyen", "topic": "chinh-sach-bao-hiem", "agency": "MIC",
@@ -62,18 +61,6 @@ def alertmanager_binary() -> str:
 
 def rfc3339(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def eventually(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @contextmanager

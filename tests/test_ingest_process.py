@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.factories import free_port
+from tests.factories import eventually, free_port
 from tests.helpers.receivers import HttpReceiver
 
 CRISISFLOW = str(Path(sys.executable).with_name("crisisflow"))
@@ -55,17 +55,6 @@ def _ingest_pid(serve: subprocess.Popen[bytes]) -> int | None:
                  if name.startswith("crisisflow-ing")), None)
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def served(db_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
@@ -83,7 +72,7 @@ def served(db_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes
             return False
 
     try:
-        _wait(ready, 60, "crisisflow serve")
+        eventually(ready, 60, "crisisflow serve")
         yield serve, base
     finally:
         serve.send_signal(signal.SIGTERM)
@@ -103,7 +92,7 @@ def test_serve_writes_alerts_in_its_ingest_process(
         served: tuple[subprocess.Popen[bytes], str], db_url: str, tmp_path: Path) -> None:
     serve, base = served
     monitor, admin = _key(db_url, "monitor"), _key(db_url, "admin")
-    ingest = _wait(lambda: _ingest_pid(serve), 30, "the ingest process")
+    ingest = eventually(lambda: _ingest_pid(serve), 30, "the ingest process")
     with HttpReceiver() as receiver, httpx.Client(base_url=base, timeout=30) as http:
         sub = http.post("/api/v1/subscriptions", headers=admin, json={
             "agency": "MOH", "notifier": "webhook", "target": receiver.url,
@@ -143,8 +132,8 @@ def test_serve_writes_alerts_in_its_ingest_process(
             assert r.json()["results"][0]["incident_id"] == opened["incident_id"]
             return True
 
-        _wait(accepted_again, 60, "alerts accepted after the restart")
-        restarted = _wait(lambda: _ingest_pid(serve), 30, "the new ingest process")
+        eventually(accepted_again, 60, "alerts accepted after the restart")
+        restarted = eventually(lambda: _ingest_pid(serve), 30, "the new ingest process")
         assert restarted != ingest
         assert statuses <= {202, 503}
 
@@ -158,7 +147,7 @@ def test_serve_writes_alerts_in_its_ingest_process(
 
     serve.send_signal(signal.SIGTERM)
     assert serve.wait(timeout=60) == 0
-    _wait(lambda: not Path(f"/proc/{restarted}").exists(), 30, "the ingest process to stop")
+    eventually(lambda: not Path(f"/proc/{restarted}").exists(), 30, "the ingest process to stop")
 
 
 def test_an_unreachable_database_is_503_through_the_ingest_process(tmp_path: Path) -> None:
