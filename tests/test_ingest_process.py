@@ -26,7 +26,7 @@ CRISISFLOW = str(Path(sys.executable).with_name("crisisflow"))
 
 def _env(db_url: str, **extra: str) -> dict[str, str]:
     return {**os.environ, "CRISISFLOW_DATABASE_URL": db_url, "CRISISFLOW_LOG_JSON": "false",
-            "CRISISFLOW_INGEST_RATE_LIMIT": "0", **extra}
+            "CRISISFLOW_INGEST_RATE_LIMIT": "0", "CRISISFLOW_INGEST_PROCESS": "true", **extra}
 
 
 def _key(db_url: str, role: str) -> dict[str, str]:

@@ -62,3 +62,59 @@ def test_a_writer_waiting_for_another_process_does_not_stall_the_loop(tmp_path: 
         await db.dispose()
 
     asyncio.run(main())
+
+
+def test_writers_of_one_file_queue_on_its_lock_file(tmp_path: Path) -> None:
+    """Processes writing one SQLite file take turns on `<file>-writer.lock`, and a writer
+    given up while it waited never keeps the turn."""
+    import fcntl
+    import os
+
+    import pytest
+
+    path = tmp_path / "crisisflow.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+
+    def free() -> bool:
+        probe = os.open(f"{path}-writer.lock", os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(probe, fcntl.LOCK_UN)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(probe)
+
+    async def main() -> None:
+        # As three processes would hold them.
+        one, other, third = Database(url), Database(url), Database(url)
+        order: list[str] = []
+
+        async def write(db: Database, name: str) -> None:
+            async with db.transaction() as session:
+                await session.execute(sa.text("SELECT 1"))
+                order.append(name)
+
+        async with one.transaction() as session:
+            await session.execute(sa.text("SELECT 1"))
+            assert not free()
+            queued = asyncio.create_task(write(other, "other"))
+            given_up = asyncio.create_task(write(third, "given up"))
+            await asyncio.sleep(0.2)
+            assert not queued.done()
+            given_up.cancel()
+            order.append("one")
+        await asyncio.wait_for(queued, 10)
+        with pytest.raises(asyncio.CancelledError):
+            await given_up
+        assert order == ["one", "other"]
+        deadline = time.monotonic() + 5
+        while not free():  # the cancelled waiter's thread hands the lock back
+            assert time.monotonic() < deadline, "a cancelled writer kept the lock"
+            await asyncio.sleep(0.05)
+        for db in (one, other, third):
+            await db.dispose()
+
+    asyncio.run(main())

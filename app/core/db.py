@@ -10,6 +10,8 @@ they never wait for writers (WAL).
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -139,13 +141,15 @@ class Database:
         self.event_listeners: list[AfterCommit] = []
         # SQLite allows one writer; queueing here keeps writers off the busy-wait path.
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        self.file_lock = WriterQueue.beside(url) if self.is_sqlite else None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A write transaction: commit on success, rollback on error, then after-commit hooks."""
         hooks: list[AfterCommit] = []
         if self.write_lock is not None:
-            async with self.write_lock, self._transaction(hooks) as session:
+            async with self.write_lock, _held(self.file_lock), \
+                    self._transaction(hooks) as session:
                 yield session
         else:
             async with self._transaction(hooks) as session:
@@ -190,6 +194,63 @@ class Database:
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
+        if self.file_lock is not None:
+            self.file_lock.close()
+            self.file_lock = None
+
+
+class WriterQueue:
+    """Writers of one SQLite file in several processes (the API process's worker, the ingest
+    process, a separate `crisisflow worker`) queue on a lock file beside it. SQLite's own
+    busy handler polls with sleeps of up to 100 ms, so a writer waiting for another process
+    could wait long after the lock was free; a blocked flock wakes as soon as it is."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @classmethod
+    def beside(cls, url: str) -> WriterQueue | None:
+        path = sa.engine.make_url(sync_url(url)).database
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return None
+        return cls(path + "-writer.lock")
+
+    async def acquire(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        waiting = asyncio.get_running_loop().run_in_executor(
+            None, fcntl.flock, self.fd, fcntl.LOCK_EX)
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            # The thread may still get the lock: give it back then, or every writer stalls.
+            waiting.add_done_callback(self._release_late)
+            raise
+
+    def _release_late(self, waited: asyncio.Future[None]) -> None:
+        if not waited.cancelled() and waited.exception() is None:
+            self.release()
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@asynccontextmanager
+async def _held(queue: WriterQueue | None) -> AsyncIterator[None]:
+    if queue is None:
+        yield
+        return
+    await queue.acquire()
+    try:
+        yield
+    finally:
+        queue.release()
 
 
 def after_commit(session: AsyncSession, hook: AfterCommit) -> None:
