@@ -39,9 +39,9 @@ class Settings(BaseSettings):
     alert_group_by: str = Field("topic", description="Comma-separated grouping labels")
     ingest_rate_limit: float = Field(5000.0, ge=0, description="Alerts/s per key; 0 turns off")
     ingest_burst: int = Field(10000, ge=1, description="Token-bucket burst per key")
-    ingest_process: bool | None = Field(
-        None, description="`serve` writes alerts in a process of its own (true), in each API "
-                          "process (false); unset: on SQLite only")
+    ingest_process: bool = Field(
+        False, description="`serve` writes alerts in a process of its own beside the API "
+                           "processes (false: in each API process)")
     ingest_socket: str | None = Field(
         None, description="Set by `serve` for its API processes: the ingest process's socket")
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
