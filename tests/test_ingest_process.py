@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.alerts.remote import PROCESS_NAME
 from tests.factories import eventually, free_port
 from tests.helpers.receivers import HttpReceiver
 
@@ -52,7 +53,7 @@ def _children(pid: int) -> dict[int, str]:
 
 def _ingest_pid(serve: subprocess.Popen[bytes]) -> int | None:
     return next((p for p, name in _children(serve.pid).items()
-                 if name.startswith("crisisflow-ing")), None)
+                 if name == PROCESS_NAME[:15]), None)  # Linux keeps 15 characters
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """Alert ingestion in a process of its own, next to the API processes.
 
 One Python process runs on one core: serving HTTP and writing alert groups in the same
-process left the machine's other cores to the database and the load. `crisisflow serve`
-therefore starts an ingest process (`run_ingest_process`) that owns the group commit
-(`IngestWriter`), and every API process sends it parsed alerts over a Unix socket
-(`RemoteWriter`, with the same `submit` as the in-process writer). Nothing changes for a
+process left the machine's other cores to the database and the load. With
+`CRISISFLOW_INGEST_PROCESS=true`, `crisisflow serve` starts an ingest process
+(`IngestProcess`) that owns the group commit (`IngestWriter`, behind `IngestServer`), and
+every API process sends it parsed alerts over a Unix socket (`RemoteWriter`, with the same
+`submit` as the in-process writer). Nothing changes for a
 client: the ingest process answers only after the group's commit, so a 202 still means the
 alerts are stored; it also tells the API processes when a commit emitted events, so their
 worker and live feed wake at once.
@@ -281,10 +282,6 @@ class IngestProcess:
         self._stopping = threading.Event()
         self._watch = threading.Thread(target=self._supervise, name="crisisflow-ingest-watch",
                                        daemon=True)
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
         self._spawn()

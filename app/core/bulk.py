@@ -10,6 +10,7 @@ exactly as if the ORM had written them.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ Row = dict[str, Any]
 @dataclass(frozen=True)
 class _Plan:
     sql: str
-    keys: tuple[str, ...]
-    processors: tuple[Callable[[Any], Any] | None, ...]
+    # Each column's key and bind processor, in the statement's order.
+    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
 
 
 _plans: dict[tuple[str, str, str], _Plan] = {}
@@ -56,8 +57,7 @@ def _plan(table: sa.Table, dialect: Dialect, suffix: str) -> _Plan:
         sql = (f"INSERT INTO {quote.format_table(table)} "
                f"({', '.join(quote.format_column(c) for c in columns)}) "
                f"VALUES ({', '.join([mark] * len(columns))}){suffix}")
-        processors = tuple(_processor(c, dialect) for c in columns)
-        plan = _Plan(sql, tuple(c.key for c in columns), processors)
+        plan = _Plan(sql, tuple((c.key, _processor(c, dialect)) for c in columns))
         _plans[key] = plan
     return plan
 
@@ -70,8 +70,8 @@ async def insert_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row
         return
     db = await driver(session)
     plan = _plan(table, db.conn.dialect, suffix)
-    pairs = tuple(zip(plan.keys, plan.processors, strict=True))
-    params = [tuple(row[k] if p is None else p(row[k]) for k, p in pairs) for row in rows]
+    params = [tuple(row[k] if p is None else p(row[k]) for k, p in plan.columns)
+              for row in rows]
     await db.execute(plan.sql, params)
 
 
@@ -94,6 +94,13 @@ def _inline_sqlite(conn: Any) -> sqlite3.Connection | None:
     return raw if raw.in_transaction else None
 
 
+@functools.lru_cache(maxsize=16)  # a few engines per process; tests make many
+def _time_processor(dialect: Dialect) -> Callable[[datetime], Any]:
+    # Once per dialect: a Driver is made for every statement of an ingest group.
+    process: Callable[[datetime], Any] = UTCDateTime().bind_processor(dialect)
+    return process
+
+
 class Driver:
     """Statements written with `?` marks, run on the session's connection without
     SQLAlchemy's per-parameter processing: for the few statements an ingest group runs with
@@ -103,7 +110,7 @@ class Driver:
         self.conn = conn
         self.sqlite = conn.dialect.name == "sqlite"
         self._qmark = conn.dialect.paramstyle == "qmark"
-        self._time = UTCDateTime().bind_processor(conn.dialect)
+        self._time = _time_processor(conn.dialect)
         self._raw = _inline_sqlite(conn) if self.sqlite else None
 
     def time(self, value: datetime) -> Any:
