@@ -326,11 +326,12 @@ def _init_worker(dialect: str, columns: list[str]) -> None:
     if dialect == "sqlite":
         from sqlalchemy.dialects import sqlite
 
+        from app.core.db import JSON_CODEC
         from app.incidents.models import Incident
 
         table: sa.Table = Incident.__table__  # type: ignore[attr-defined]
-        d = sqlite.dialect()
-        # The same bind processors SQLAlchemy applies when the app writes these columns.
+        d = sqlite.dialect(json_serializer=JSON_CODEC["json_serializer"])
+        # The same bind processors (and JSON text) the app's engines apply to these columns.
         _WORKER["procs"] = [table.c[c].type._cached_bind_processor(d) for c in columns]
     else:
         _WORKER["fmts"] = _copy_formatters(columns)

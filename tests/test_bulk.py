@@ -1,5 +1,6 @@
 """The storm's fast paths store and show exactly what the ordinary paths do: rows inserted
-through the driver, the folded search text and the event snapshot of an incident."""
+through the driver, the folded search text, the event snapshot of an incident and the
+datetimes of listed rows."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy.dialects import sqlite
 from sqlmodel import SQLModel
 
 from app.alerts.models import Alert
 from app.core.bulk import insert_rows
-from app.core.types import row_of, table_of, unvalidated
+from app.core.jsonutil import dumps_utc
+from app.core.rawrows import sqlite_time_json, time_json
+from app.core.types import UTCDateTime, row_of, table_of, unvalidated
 from app.incidents.models import Category, Incident, IncidentPublic, Severity, State
 from app.incidents.search import fold
 from app.incidents.service import snapshot
@@ -111,3 +115,24 @@ def test_event_snapshot_is_the_public_representation() -> None:
                                                              exclude={"allowed_triggers"})
     assert snapshot(inc) == expected
     assert datetime.fromisoformat(snapshot(inc)["created_at"]) == NOW
+
+
+def test_listed_times_read_as_the_serialised_datetimes() -> None:
+    """SQLite's stored text goes to the response without becoming a datetime: it must read
+    exactly as the datetime would have been written."""
+    processor = UTCDateTime().bind_processor(sqlite.dialect())
+    rng = random.Random(7)
+    start = datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    samples = [start, start.replace(microsecond=1), start.replace(microsecond=999999),
+               datetime(2026, 1, 1, tzinfo=ICT)]
+    samples += [start + timedelta(seconds=rng.randrange(10**9),
+                                  microseconds=rng.choice([0, rng.randrange(10**6)]))
+                for _ in range(3000)]
+    for at in samples:
+        written = dumps_utc(at.astimezone(UTC)).decode()[1:-1]  # as read back from the DB
+        assert sqlite_time_json(processor(at)) == written, at
+        assert time_json(at.astimezone(ICT)) == written, at
+    # what another tool may have written: no fraction, or a "T"
+    assert sqlite_time_json("2026-11-26 15:04:05") == "2026-11-26T15:04:05Z"
+    assert sqlite_time_json("2026-11-26T15:04:05.250") == "2026-11-26T15:04:05.250000Z"
+    assert sqlite_time_json(None) is None and time_json(None) is None

@@ -21,6 +21,7 @@ from sqlmodel import col, select
 
 from app.core.clock import clock
 from app.incidents.models import Category, Incident, Severity, State
+from app.incidents.search import search_text
 from app.notifications.models import Event
 from tests.factories import ASSESS, PROPOSAL, RESPONSE, assert_problem, fire, open_incident
 
@@ -760,7 +761,8 @@ def _bulk_incidents(client: TestClient, n: int) -> None:
         "communication-incident", "workflow_version": 1, "state": State.detected,
         "severity": Severity.medium, "category": Category.other,
         "title": f"Phản ánh {words[i % 7]} số {i}",
-        "search_text": f"phan anh {words[i % 7]} so {i}", "affected_agencies": [],
+        "search_text": search_text(f"Phản ánh {words[i % 7]} số {i}", None),
+        "affected_agencies": [],
         "channels": [], "links": [], "tags": [], "escalation_level": 0, "overdue": False,
         "version": 1, "alert_count": 0, "created_by": "bulk", "created_at": now -
         timedelta(seconds=i), "updated_at": now, "state_changed_at": now, "timeline_seq": 0,
@@ -813,6 +815,67 @@ def test_search_query_plan_uses_the_index(client: TestClient, duty: Headers,
     else:
         forced = text.split("-- with SET enable_seqscan = off")[1]
         assert "Bitmap Index Scan on ix_hand_incident_search_trgm" in forced, text
+
+
+def test_search_pages_are_the_same_however_common_the_word(client: TestClient,
+                                                          duty: Headers) -> None:
+    """A common word is answered from the newest rows, a less common one from a wider
+    window, a rare one from the index: every way gives the same pages."""
+    _bulk_incidents(client, 2000)  # bulk-i is i seconds old; words cycle every 7 rows
+
+    def walk(q: str, limit: int = 50) -> list[str]:
+        seen, cursor = [], None
+        while True:
+            params = {"q": q, "limit": limit, **({"cursor": cursor} if cursor else {})}
+            resp = client.get(f"{API}/incidents", params=params, headers=duty)
+            assert resp.status_code == 200, resp.text
+            seen += [i["id"] for i in resp.json()["items"]]
+            cursor = resp.json()["next_cursor"]
+            if cursor is None:
+                return seen
+
+    every = [f"bulk-{i:06d}" for i in range(2000)]
+    assert list_ids(client, duty, q="phan anh", limit=50) == every[:50]  # every row
+    # one row in seven: 36 among the newest 250, a full page among the newest 2,000
+    sevenths = [f"bulk-{i:06d}" for i in range(0, 2000, 7)]
+    assert list_ids(client, duty, q="gia xang", limit=50) == sevenths[:50]
+    assert walk("gia xang") == sevenths
+    assert list_ids(client, duty, q="gia xang", limit=50, sort="created_at") == \
+        sevenths[::-1][:50]
+    # eleven rows in 2,000 (123 and 1230-1239): from the index
+    rare = [f"bulk-{i:06d}" for i in range(2000) if str(i).startswith("123")]
+    assert len(rare) == 11
+    assert walk("so 123", limit=3) == rare
+    assert walk("y te so 123", limit=3) == [i for i in rare if int(i[5:]) % 7 == 5] != []
+
+
+def test_a_listed_incident_reads_as_it_does_alone(client: TestClient, duty: Headers) -> None:
+    """The list reads rows without the ORM; every field must come out as GET /{id} gives it."""
+    plain = open_incident(client, duty, title="Chỉ có tiêu đề")
+    full = open_incident(client, duty, title="Tin giả về \"học phí\" — 100%",
+                         description="Dòng 1\nDòng 2 😀", lead_agency="MOH",
+                         affected_agencies=["MOF", "MOET"], channels=["facebook", "zalo"],
+                         links=["https://example.vn/p/1?a=1&b=2"], tags=["học phí", "😀"])
+    fire(client, duty, full["id"], "assess", **{**ASSESS, "severity": "high"})
+    on_the_second = open_incident(client, duty, title="Đúng giây")
+    db = client.app.state.db  # type: ignore[attr-defined]
+
+    async def whole_second() -> None:  # a time with no microseconds, as SQL may store it
+        at = datetime(2020, 5, 1, 1, 2, 3, tzinfo=UTC)
+        async with db.transaction() as session:
+            await session.execute(sa.update(Incident).where(
+                col(Incident.id) == on_the_second["id"]).values(created_at=at, updated_at=at))
+
+    client.portal.call(whole_second)
+    listed = client.get(f"{API}/incidents", headers=duty).json()["items"]
+    assert [i["id"] for i in listed] == [full["id"], plain["id"], on_the_second["id"]]
+    for item in listed:
+        alone = get_incident(client, duty, item["id"])
+        alone.pop("allowed_triggers")
+        assert item == alone
+    assert listed[2]["created_at"] == "2020-05-01T01:02:03Z"
+    assert listed[0]["assessment"]["summary"] == ASSESS["summary"]
+    assert listed[0]["severity"] == "high" and listed[0]["overdue"] is False
 
 
 # -- 9. list filters and pagination -----------------------------------------------------

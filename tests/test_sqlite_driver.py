@@ -118,3 +118,46 @@ def test_writers_of_one_file_queue_on_its_lock_file(tmp_path: Path) -> None:
             await db.dispose()
 
     asyncio.run(main())
+
+
+def test_reads_run_on_the_loop_until_they_take_long(tmp_path: Path) -> None:
+    """A read starts on the event loop's thread; one that outgrows its budget finishes on
+    the connection's thread, inside the same read transaction, while the loop goes on."""
+    path = tmp_path / "crisisflow.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    count = sa.text("SELECT count(*) FROM reference_counter")
+    slow = sa.text("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+                   "WHERE x < 3000000) "
+                   "SELECT count(*), (SELECT count(*) FROM reference_counter) FROM c")
+
+    async def main() -> None:
+        db = Database(url)
+        other = sqlite3.connect(path, isolation_level=None)
+        async with db.read() as session:
+            assert (await session.execute(count)).scalar_one() == 0  # the snapshot starts
+            other.execute("INSERT INTO reference_counter (year, value) VALUES (1999, 1)")
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.005)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            started = time.monotonic()
+            assert (await session.execute(slow)).one() == (3000000, 0)  # still the snapshot
+            took = time.monotonic() - started
+            ticker.cancel()
+            assert took > 0.2, took  # long enough to tell a stalled loop from a free one
+            assert ticks >= took / 0.005 / 4, (ticks, took)
+            assert (await session.execute(count)).scalar_one() == 0
+        async with db.read() as session:  # a new transaction sees the new row
+            assert (await session.execute(count)).scalar_one() == 1
+        # Every read transaction has ended: nothing keeps the WAL from being truncated.
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone() == (0, 0, 0)
+        other.close()
+        await db.dispose()
+
+    asyncio.run(main())

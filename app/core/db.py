@@ -39,6 +39,10 @@ SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 AfterCommit = Callable[[], None]
 # JSON columns are read on every list; orjson decodes them several times faster.
+# A SQLite read runs on the event loop's thread for up to this long (see sqlite_driver.dbapi):
+# the loop never stalls longer for one, and nearly every list or lookup fits.
+READ_BUDGET_S = 0.002
+
 JSON_CODEC: dict[str, Any] = {
     "json_serializer": lambda value: orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode(),
     "json_deserializer": orjson.loads,
@@ -79,13 +83,13 @@ def _enter_wal(cur: Any) -> None:
             time.sleep(0.02)
 
 
-def _sqlite_hooks(engine: Any, begin: str) -> None:
+def _sqlite_hooks(engine: Any, begin: str, *, deferred: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver's own is DEFERRED).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={sqlite_driver.BUSY_TIMEOUT_MS}")
         _enter_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
@@ -97,7 +101,10 @@ def _sqlite_hooks(engine: Any, begin: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+        if deferred:
+            conn.connection.dbapi_connection.defer_begin(begin)
+        else:
+            conn.exec_driver_sql(begin)
 
 
 def make_sync_engine(url: str) -> sa.Engine:
@@ -124,9 +131,10 @@ class Database:
                 aurl, pool_size=pool_size, module=sqlite_driver.dbapi(inline_writes=True),
                 **JSON_CODEC)
             self.read_engine: AsyncEngine = create_async_engine(
-                aurl, pool_size=pool_size, module=sqlite_driver.dbapi(), **JSON_CODEC)
+                aurl, pool_size=pool_size, module=sqlite_driver.dbapi(read_budget=READ_BUDGET_S),
+                **JSON_CODEC)
             _sqlite_hooks(self.engine.sync_engine, "BEGIN IMMEDIATE")
-            _sqlite_hooks(self.read_engine.sync_engine, "BEGIN")
+            _sqlite_hooks(self.read_engine.sync_engine, "BEGIN", deferred=True)
         else:
             self.engine = create_async_engine(
                 aurl, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True,

@@ -7,13 +7,17 @@ so those trips were a large share of its time. This adapter does the four steps 
 (about a third of the time); results are fetched whole, as the stock adapter already does.
 
 On the write engine, statements inside a transaction skip the thread altogether (see
-`dbapi`): an ingest group's dozen statements then cost what SQLite takes to run them.
+`dbapi`): an ingest group's dozen statements then cost what SQLite takes to run them. On the
+read engine, a SELECT runs on the caller's thread within a time budget and goes to the
+thread only when it outgrows it; BEGIN travels with the first statement and a read
+transaction ends without a trip, so a short read makes no trip at all.
 """
 
 from __future__ import annotations
 
 import collections
 import sqlite3
+import time
 from typing import Any
 
 import aiosqlite
@@ -26,8 +30,10 @@ from sqlalchemy.util import EMPTY_DICT
 from sqlalchemy.util.concurrency import await_
 
 
-def _run(raw: sqlite3.Connection, operation: str, parameters: Any, many: bool
-         ) -> tuple[Any, int, int | None, list[Any]]:
+def _run(raw: sqlite3.Connection, operation: str, parameters: Any, many: bool,
+         begin: str | None = None) -> tuple[Any, int, int | None, list[Any]]:
+    if begin is not None:
+        raw.execute(begin)
     cursor = raw.cursor()
     try:
         if many:
@@ -40,6 +46,40 @@ def _run(raw: sqlite3.Connection, operation: str, parameters: Any, many: bool
         return cursor.description, cursor.rowcount, cursor.lastrowid, rows
     finally:
         cursor.close()
+
+
+def _run_bounded(raw: sqlite3.Connection, operation: str, parameters: Any, begin: str | None,
+                 budget: float) -> tuple[Any, int, int | None, list[Any]] | None:
+    """`_run` on the caller's thread, given up (None) past `budget` seconds of SQLite's time
+    or where it would wait for a lock: the caller then runs it on the connection's thread."""
+    deadline = time.perf_counter() + budget
+
+    def over() -> bool:
+        return time.perf_counter() > deadline
+
+    raw.set_progress_handler(over, _PROGRESS_STEPS)
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        return _run(raw, operation, parameters, False, begin)
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode in _GIVE_UP:
+            return None
+        raise
+    finally:
+        raw.set_progress_handler(None, 0)
+        raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+async def _settled() -> None:
+    """Awaited after a statement that ran on the caller's thread: AsyncConnection.execute
+    refuses a driver that never awaited (its check for a blocking driver); a coroutine that
+    returns at once is awaited without handing control to the event loop."""
+
+
+# The progress handler runs every this many virtual-machine steps (a few microseconds).
+_PROGRESS_STEPS = 1000
+_GIVE_UP = frozenset({sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_BUSY})
+BUSY_TIMEOUT_MS = 30000
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -97,15 +137,29 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 # no statement can wait for another writer: it runs here, without the two
                 # thread hand-offs (and event-loop wake-up) a trip costs.
                 self._store(_run(raw, operation, parameters, many))
-            else:
-                await_(self._trip(operation, parameters, many))
+                await_(_settled())
+                return
+            adapt = self._adapt_connection
+            begin, adapt.begin_pending = adapt.begin_pending, None  # type: ignore[attr-defined]
+            budget = adapt.read_budget  # type: ignore[attr-defined]
+            if budget and not many and operation.startswith(("SELECT", "WITH")):
+                outcome = _run_bounded(raw, operation, parameters, begin, budget)
+                if outcome is not None:
+                    self._store(outcome)
+                    await_(_settled())
+                    return
+                # A long read: the rest of it on the thread, in the same transaction.
+                begin = None if raw.in_transaction else begin
+            await_(self._trip(operation, parameters, many, begin))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
 
-    async def _trip(self, operation: Any, parameters: Any, many: bool) -> None:
+    async def _trip(self, operation: Any, parameters: Any, many: bool,
+                    begin: str | None) -> None:
         conn: Any = self._connection
         async with self._adapt_connection._execute_mutex:
-            self._store(await conn._execute(_run, conn._conn, operation, parameters, many))
+            self._store(await conn._execute(_run, conn._conn, operation, parameters, many,
+                                            begin))
 
     def _store(self, outcome: tuple[Any, int, int | None, list[Any]]) -> None:
         self._description, self._rowcount, self._lastrowid, rows = outcome
@@ -113,29 +167,67 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("inline",)
+    __slots__ = ("begin_pending", "inline", "read_budget")
     _cursor_cls = OneTripCursor
+    begin_pending: str | None
+    inline: bool
+    read_budget: float | None
+
+    def defer_begin(self, begin: str) -> None:
+        """Send `begin` with the transaction's first statement, in the same trip. For
+        read transactions only (a plain BEGIN takes no lock), where the BEGIN trip was a
+        third of a short read's trips."""
+        self.begin_pending = begin
+
+    def rollback(self) -> None:
+        # A transaction that ran nothing, or none at all (the pool resets every connection
+        # it takes back, after the session has already rolled back): no trip to end it.
+        if self.begin_pending is not None:
+            self.begin_pending = None
+            return
+        raw = self._connection._connection
+        if raw is None or not raw.in_transaction:
+            return
+        if self.read_budget:
+            raw.rollback()  # ends a read transaction at once: nothing to wait for
+        else:
+            super().rollback()
+
+    def commit(self) -> None:
+        if self.begin_pending is not None:
+            self.begin_pending = None
+            return
+        super().commit()
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    def __init__(self, inline_writes: bool) -> None:
+    def __init__(self, inline_writes: bool, read_budget: float | None) -> None:
         super().__init__(aiosqlite, sqlite3)
         self.inline_writes = inline_writes
+        self.read_budget = read_budget
 
     def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
         connection: Any = aiosqlite.connect(*arg, **kw)
         connection._thread.daemon = True  # as SQLAlchemy's own adapter does
         adapted = OneTripConnection(self, await_(connection))
-        adapted.inline = self.inline_writes  # type: ignore[attr-defined]
+        adapted.inline = self.inline_writes
+        adapted.begin_pending = None
+        adapted.read_budget = self.read_budget
         return adapted
 
 
-def dbapi(*, inline_writes: bool = False) -> OneTripDBAPI:
+def dbapi(*, inline_writes: bool = False, read_budget: float | None = None) -> OneTripDBAPI:
     """Pass as `module=` to `create_async_engine` for a `sqlite+aiosqlite` URL.
 
     `inline_writes`: statements inside a transaction run on the caller's thread. Only for
     the engine whose transactions all begin IMMEDIATE (they hold the write lock, and SQLite
     in WAL mode answers them from memory and the page cache); BEGIN itself, which may wait
     for another process's writer, and COMMIT, which may checkpoint, still go to the
-    connection's thread. Reads stay there, since a search may take tens of milliseconds."""
-    return OneTripDBAPI(inline_writes)
+    connection's thread.
+
+    `read_budget` (seconds): SELECTs run on the caller's thread too, up to that much of
+    SQLite's time; one that takes longer (a search may take tens of milliseconds) or would
+    wait for a lock is stopped and run again on the connection's thread. Most reads take a
+    fraction of a millisecond, and the two hand-offs to the thread and back, each waiting for
+    the GIL behind the event loop, took several times that."""
+    return OneTripDBAPI(inline_writes, read_budget)

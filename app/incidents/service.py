@@ -35,6 +35,7 @@ from app.core.errors import (
 from app.core.ids import new_id
 from app.core.metrics import TRANSITIONS
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
+from app.core.rawrows import RawColumns, raw_columns
 from app.core.types import constructed, row_of, table_of, unvalidated
 from app.deadlines import service as deadlines
 from app.deadlines.models import Deadline
@@ -150,7 +151,7 @@ class IncidentFilters:
 
 # The list reads plain rows of exactly the public fields: building ORM objects and validating
 # them again into IncidentPublic cost ten times the query itself.
-LIST_FIELDS = [name for name in IncidentPublic.model_fields if name != "allowed_triggers"]
+LIST_FIELDS = tuple(name for name in IncidentPublic.model_fields if name != "allowed_triggers")
 
 
 async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
@@ -158,8 +159,8 @@ async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
                          ) -> dict[str, Any]:
     """A page of incidents as JSON-ready dicts (the shape of `Page[IncidentPublic]`)."""
     t = Incident
-    table = table_of(Incident)
-    stmt: Any = sa.select(*(table.c[name] for name in LIST_FIELDS))
+    columns = raw_columns(table_of(Incident), LIST_FIELDS, env.dialect)
+    stmt: Any = sa.select(*columns.selected)
     if f.state:
         stmt = stmt.where(col(t.state).in_(f.state))
     if f.severity:
@@ -191,46 +192,52 @@ async def list_incidents(session: AsyncSession, env: Env, principal: Principal,
     order = _order(created, ident, f.ascending)
     rows: list[dict[str, Any]] = []
     if f.q and f.q.strip():
-        rows = await _search_recent(session, stmt, f.ascending, f.q, limit)
-        if len(rows) <= limit:  # not a full page among the recent rows: ask the index
+        for window in SEARCH_WINDOWS:
+            rows = await _search_recent(session, stmt, columns, window, f.ascending, f.q,
+                                        limit)
+            if len(rows) > limit:
+                break
+        else:  # not a full page among the recent rows: ask the index
             stmt = stmt.where(search_clause(env.dialect, Incident, f.q))
             rows = []
     if not rows:
         # On the connection, not the session: plain rows need none of the ORM's loading.
         result = await (await session.connection()).execute(stmt.order_by(*order).limit(limit + 1))
-        rows = [dict(r) for r in result.mappings()]
+        rows = columns.rows(result.all())
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = encode_cursor([last["created_at"].isoformat(), last["id"]])
+        at = datetime.fromisoformat(last["created_at"])
+        next_cursor = encode_cursor([at.isoformat(), last["id"]])
     return {"items": rows[:limit], "next_cursor": next_cursor}
 
 
-SEARCH_WINDOW = 2000
+# A word in a third of all incidents fills a page from the newest few hundred rows; one in
+# a few percent needs a few thousand; rarer ones are looked up in the index.
+SEARCH_WINDOWS = (250, 2000)
 
 
 def _order(created: Any, ident: Any, ascending: bool) -> tuple[Any, Any]:
     return (created.asc(), ident.asc()) if ascending else (created.desc(), ident.desc())
 
 
-async def _search_recent(session: AsyncSession, stmt: Any, ascending: bool, q: str,
-                         limit: int) -> list[dict[str, Any]]:
+async def _search_recent(session: AsyncSession, stmt: Any, columns: RawColumns, window: int,
+                         ascending: bool, q: str, limit: int) -> list[dict[str, Any]]:
     """A common word ("tin giả") matches a large share of all incidents; the search index
     then returns tens of thousands of rows to sort for one page. Looking through the newest
     rows first answers such a query from a few thousand index-ordered rows."""
     table = table_of(Incident)
     order = _order(table.c.created_at, table.c.id, ascending)
     # The window carries only what the filter needs; full rows are read for one page only.
-    window = (stmt.with_only_columns(table.c.id, table.c.created_at, table.c.search_text)
-              .order_by(*order).limit(SEARCH_WINDOW).subquery())
-    page = (sa.select(window.c.id)
-            .where(window.c.search_text.like(like_pattern(fold(q)), escape="\\"))
-            .order_by(*_order(window.c.created_at, window.c.id, ascending)).limit(limit + 1))
+    recent = (stmt.with_only_columns(table.c.id, table.c.created_at, table.c.search_text)
+              .order_by(*order).limit(window).subquery())
+    page = (sa.select(recent.c.id)
+            .where(recent.c.search_text.like(like_pattern(fold(q)), escape="\\"))
+            .order_by(*_order(recent.c.created_at, recent.c.id, ascending)).limit(limit + 1))
     found = await (await session.connection()).execute(
-        sa.select(*(table.c[name] for name in LIST_FIELDS))
-        .where(table.c.id.in_(page)).order_by(*order)
+        sa.select(*columns.selected).where(table.c.id.in_(page)).order_by(*order)
     )
-    return [dict(r) for r in found.mappings()]
+    return columns.rows(found.all())
 
 
 def _cursor_time(value: Any) -> datetime:
