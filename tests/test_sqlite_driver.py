@@ -161,3 +161,45 @@ def test_reads_run_on_the_loop_until_they_take_long(tmp_path: Path) -> None:
         await db.dispose()
 
     asyncio.run(main())
+
+
+def test_nothing_cuts_in_while_a_cancelled_read_still_runs(tmp_path: Path) -> None:
+    """A cancelled task leaves its statement running on the connection's thread; later
+    statements on that connection wait for it there, never on the event loop."""
+    from sqlalchemy.util import greenlet_spawn
+
+    from app.core import sqlite_driver
+
+    path = tmp_path / "crisisflow.db"
+    upgrade(f"sqlite:///{path}")
+    slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "WHERE x < 3000000) SELECT count(*) FROM c")
+
+    async def main() -> None:
+        conn = await greenlet_spawn(sqlite_driver.dbapi(read_budget=0.002).connect, str(path),
+                                   check_same_thread=False)  # as SQLAlchemy connects
+        running = asyncio.create_task(greenlet_spawn(conn.cursor().execute, slow))
+        await asyncio.sleep(0.1)  # past its budget: now on the connection's thread
+        running.cancel()
+        ticks, stop = 0, False
+
+        async def tick() -> None:
+            nonlocal ticks
+            while not stop:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        cursor = conn.cursor()
+        await greenlet_spawn(cursor.execute, "SELECT 41 + 1")
+        await greenlet_spawn(conn.rollback)
+        took = time.monotonic() - started
+        stop = True
+        await ticker
+        assert cursor.fetchall() == [(42,)]
+        assert took > 0.1, took  # it did wait for the cancelled statement...
+        assert ticks >= took / 0.005 / 4, (ticks, took)  # ...without stalling the loop
+        await greenlet_spawn(conn.close)
+
+    asyncio.run(main())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
@@ -142,7 +143,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
             adapt = self._adapt_connection
             begin, adapt.begin_pending = adapt.begin_pending, None  # type: ignore[attr-defined]
             budget = adapt.read_budget  # type: ignore[attr-defined]
-            if budget and not many and operation.startswith(("SELECT", "WITH")):
+            if budget and not many and operation.startswith(("SELECT", "WITH")) \
+                    and adapt.idle:  # type: ignore[attr-defined]
                 outcome = _run_bounded(raw, operation, parameters, begin, budget)
                 if outcome is not None:
                     self._store(outcome)
@@ -157,21 +159,40 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     async def _trip(self, operation: Any, parameters: Any, many: bool,
                     begin: str | None) -> None:
         conn: Any = self._connection
-        async with self._adapt_connection._execute_mutex:
-            self._store(await conn._execute(_run, conn._conn, operation, parameters, many,
-                                            begin))
+        adapt: Any = self._adapt_connection
+        async with adapt._execute_mutex:
+            adapt.sent += 1
+            self._store(await conn._execute(_counted, adapt, _run, conn._conn, operation,
+                                            parameters, many, begin))
 
     def _store(self, outcome: tuple[Any, int, int | None, list[Any]]) -> None:
         self._description, self._rowcount, self._lastrowid, rows = outcome
         self._rows = collections.deque(rows)
 
 
+def _counted(adapt: OneTripConnection, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    finally:
+        adapt.done += 1  # written by the connection's thread only
+
+
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("begin_pending", "inline", "read_budget")
+    __slots__ = ("begin_pending", "done", "inline", "read_budget", "sent")
     _cursor_cls = OneTripCursor
     begin_pending: str | None
     inline: bool
     read_budget: float | None
+    # Work handed to the connection's thread and work it finished, each written by one
+    # thread only. Nothing runs on the caller's thread while they differ: a trip whose
+    # awaiting task was cancelled may still be running there, and the connection serves one
+    # statement at a time (the loop would wait for it, then cut into its transaction).
+    sent: int
+    done: int
+
+    @property
+    def idle(self) -> bool:
+        return self.sent == self.done
 
     def defer_begin(self, begin: str) -> None:
         """Send `begin` with the transaction's first statement, in the same trip. For
@@ -188,10 +209,13 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         raw = self._connection._connection
         if raw is None or not raw.in_transaction:
             return
-        if self.read_budget:
+        if not self.read_budget:
+            super().rollback()
+        elif self.idle:
             raw.rollback()  # ends a read transaction at once: nothing to wait for
         else:
-            super().rollback()
+            self.sent += 1
+            await_(self._connection._execute(_counted, self, raw.rollback))
 
     def commit(self) -> None:
         if self.begin_pending is not None:
@@ -213,6 +237,7 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
         adapted.inline = self.inline_writes
         adapted.begin_pending = None
         adapted.read_budget = self.read_budget
+        adapted.sent = adapted.done = 0
         return adapted
 
 
