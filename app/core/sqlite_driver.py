@@ -7,7 +7,8 @@ so those trips were a large share of its time. This adapter does the four steps 
 (about a third of the time); results are fetched whole, as the stock adapter already does.
 
 On the write engine, statements inside a transaction skip the thread altogether (see
-`dbapi`): an ingest group's dozen statements then cost what SQLite takes to run them. On the
+`dbapi`): an ingest group's dozen statements then cost what SQLite takes to run them, and
+BEGIN IMMEDIATE goes to the thread only when another program holds the lock. On the
 read engine, a SELECT runs on the caller's thread within a time budget and goes to the
 thread only when it outgrows it; BEGIN travels with the first statement and a read
 transaction ends without a trip, so a short read makes no trip at all.
@@ -59,15 +60,24 @@ def _run_bounded(raw: sqlite3.Connection, operation: str, parameters: Any, begin
         return time.perf_counter() > deadline
 
     raw.set_progress_handler(over, _PROGRESS_STEPS)
+    try:
+        return _run_or_give_up(raw, operation, parameters, begin)
+    finally:
+        raw.set_progress_handler(None, 0)
+
+
+def _run_or_give_up(raw: sqlite3.Connection, operation: str, parameters: Any,
+                    begin: str | None = None) -> tuple[Any, int, int | None, list[Any]] | None:
+    """`_run` without SQLite's busy handler (which sleeps on the calling thread): None if
+    the statement would wait for a lock or was interrupted."""
     raw.execute("PRAGMA busy_timeout=0")
     try:
         return _run(raw, operation, parameters, False, begin)
     except sqlite3.OperationalError as error:
-        if error.sqlite_errorcode in _GIVE_UP:
+        if error.sqlite_errorcode & 0xFF in _GIVE_UP:  # primary code of an extended one
             return None
         raise
     finally:
-        raw.set_progress_handler(None, 0)
         raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
@@ -132,19 +142,27 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     def _go(self, operation: Any, parameters: Any, many: bool) -> None:
         conn: Any = self._connection  # an aiosqlite.Connection (its _execute is untyped)
         raw: sqlite3.Connection = conn._conn
+        adapt: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
         try:
-            if self._adapt_connection.inline and raw.in_transaction:  # type: ignore[attr-defined]
+            if adapt.inline and raw.in_transaction:
                 # Inside BEGIN IMMEDIATE this connection holds the database's write lock, so
                 # no statement can wait for another writer: it runs here, without the two
                 # thread hand-offs (and event-loop wake-up) a trip costs.
                 self._store(_run(raw, operation, parameters, many))
                 await_(_settled())
                 return
-            adapt = self._adapt_connection
-            begin, adapt.begin_pending = adapt.begin_pending, None  # type: ignore[attr-defined]
-            budget = adapt.read_budget  # type: ignore[attr-defined]
-            if budget and not many and operation.startswith(("SELECT", "WITH")) \
-                    and adapt.idle:  # type: ignore[attr-defined]
+            if adapt.inline and operation == "BEGIN IMMEDIATE" and adapt.idle:
+                # Writers of this process queue on a lock (and those of others on a lock
+                # file) before they begin, so the write lock is nearly always free: taken
+                # here, or, when another program holds it, waited for on the thread.
+                outcome = _run_or_give_up(raw, operation, parameters)
+                if outcome is not None:
+                    self._store(outcome)
+                    await_(_settled())
+                    return
+            begin, adapt.begin_pending = adapt.begin_pending, None
+            budget = adapt.read_budget
+            if budget and not many and adapt.idle and operation.startswith(("SELECT", "WITH")):
                 outcome = _run_bounded(raw, operation, parameters, begin, budget)
                 if outcome is not None:
                     self._store(outcome)
@@ -154,7 +172,7 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 begin = None if raw.in_transaction else begin
             await_(self._trip(operation, parameters, many, begin))
         except Exception as error:
-            self._adapt_connection._handle_exception(error)
+            adapt._handle_exception(error)
 
     async def _trip(self, operation: Any, parameters: Any, many: bool,
                     begin: str | None) -> None:
@@ -246,9 +264,9 @@ def dbapi(*, inline_writes: bool = False, read_budget: float | None = None) -> O
 
     `inline_writes`: statements inside a transaction run on the caller's thread. Only for
     the engine whose transactions all begin IMMEDIATE (they hold the write lock, and SQLite
-    in WAL mode answers them from memory and the page cache); BEGIN itself, which may wait
-    for another process's writer, and COMMIT, which may checkpoint, still go to the
-    connection's thread.
+    in WAL mode answers them from memory and the page cache). BEGIN is tried here without
+    waiting; when another program holds the write lock it is waited for on the connection's
+    thread. COMMIT, which may checkpoint, always goes there.
 
     `read_budget` (seconds): SELECTs run on the caller's thread too, up to that much of
     SQLite's time; one that takes longer (a search may take tens of milliseconds) or would
