@@ -395,6 +395,8 @@ class Run:
             cli(url, "agencies", "seed")
             stats = seed.seed(url, count, progress=lambda m: log("  " + m))
             log(f"  seeded: {json.dumps(stats)}")
+            if backend == "postgresql":
+                common.checkpoint_postgres()
             key = create_key(url, "viewer")
             server = common.start_crisisflow(tag, url)
             results: dict[str, WrkResult] = {}
