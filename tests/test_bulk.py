@@ -5,6 +5,7 @@ datetimes of listed rows."""
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
@@ -88,6 +89,57 @@ def test_driver_inserts_store_what_the_orm_stores(client: TestClient, backend: s
     got = client.get("/api/v1/incidents/bulk", headers=admin).json()
     assert datetime.fromisoformat(got["created_at"]) == NOW
     assert got["affected_agencies"] == ["MOF", "MOH"] and got["assessment"] is None
+
+
+def test_events_are_numbered_in_list_order_and_conflicts_raise_as_usual(
+        client: TestClient, backend: str) -> None:
+    """Events go in with multi-row INSERT ... RETURNING, several statements for a long list:
+    their sequence numbers still follow the list, they read back as the ORM wrote them, and a
+    duplicate dedup key is SQLAlchemy's IntegrityError on both databases (rolled back whole)."""
+    import pytest
+    import sqlalchemy as sa
+
+    from app.core.bulk import RETURNING_CHUNK
+    from app.notifications.models import Event
+    from app.notifications.outbox import emit_rows, event_row
+
+    db = client.app.state.db  # type: ignore[attr-defined]
+    incident = {"id": "i-1", "severity": "high", "lead_agency": "MOH",
+                "affected_agencies": ["MOF", "MOH"], "title": "Tin giả ✓ \"x\""}
+    rows = [event_row(type="incident.detected", at=NOW, incident=incident,
+                      extra={"n": i, "ratio": 0.5, "none": None}, dedup_key=f"k{i}")
+            for i in range(2 * RETURNING_CHUNK + 7)]
+
+    async def write() -> None:
+        async with db.transaction() as session:
+            await emit_rows(session, rows)
+            session.add(Event.model_validate(event_row(type="incident.detected", at=NOW,
+                                                       incident=incident, extra={"n": -1})))
+
+    async def read() -> list[Any]:
+        async with db.read() as session:
+            result = await session.execute(sa.select(Event).order_by(Event.seq))
+            # As plain values: the read session's rollback expires the objects.
+            return [SimpleNamespace(**e.model_dump()) for e in result.scalars().all()]
+
+    async def duplicate() -> None:
+        async with db.transaction() as session:
+            await emit_rows(session, [event_row(type="x", at=NOW, incident=None,
+                                                dedup_key="fresh")])
+            await emit_rows(session, [event_row(type="x", at=NOW, incident=None,
+                                                dedup_key="k3")])
+
+    client.portal.call(write)
+    stored = client.portal.call(read)
+    assert [e.id for e in stored] == [r["id"] for r in rows] + [stored[-1].id]
+    assert [e.data["n"] for e in stored] == [*range(len(rows)), -1]
+    orm, bulk = stored[-1], stored[0]
+    assert bulk.at == orm.at == NOW and bulk.agencies == orm.agencies == ["MOF", "MOH"]
+    assert bulk.data["incident"] == orm.data["incident"] and bulk.severity == "high"
+    assert bulk.data["none"] is None and bulk.data["ratio"] == 0.5
+    with pytest.raises(sa.exc.IntegrityError):
+        client.portal.call(duplicate)
+    assert len(client.portal.call(read)) == len(rows) + 1  # "fresh" went with it
 
 
 def _fold_reference(text: str) -> str:

@@ -32,9 +32,14 @@ class _Plan:
     sql: str
     # Each column's key and bind processor, in the statement's order.
     columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    head: str  # INSERT INTO t (columns) VALUES
+    marks: str  # (?, ?, ...) for one row
+
+    def params(self, row: Row) -> tuple[Any, ...]:
+        return tuple(row[k] if p is None else p(row[k]) for k, p in self.columns)
 
 
-_plans: dict[tuple[str, str, str], _Plan] = {}
+_plans: dict[tuple[str, str, str, tuple[str, ...]], _Plan] = {}
 
 
 def _processor(column: sa.Column[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
@@ -47,17 +52,17 @@ def _processor(column: sa.Column[Any], dialect: Dialect) -> Callable[[Any], Any]
     return impl.bind_processor(dialect)  # type: ignore[no-any-return]
 
 
-def _plan(table: sa.Table, dialect: Dialect, suffix: str) -> _Plan:
-    key = (table.name, dialect.name, suffix)
+def _plan(table: sa.Table, dialect: Dialect, suffix: str, omit: tuple[str, ...] = ()) -> _Plan:
+    key = (table.name, dialect.name, suffix, omit)
     plan = _plans.get(key)
     if plan is None:
         quote = dialect.identifier_preparer
-        columns = list(table.columns)
-        mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        sql = (f"INSERT INTO {quote.format_table(table)} "
-               f"({', '.join(quote.format_column(c) for c in columns)}) "
-               f"VALUES ({', '.join([mark] * len(columns))}){suffix}")
-        plan = _Plan(sql, tuple((c.key, _processor(c, dialect)) for c in columns))
+        columns = [c for c in table.columns if c.key not in omit]
+        head = (f"INSERT INTO {quote.format_table(table)} "
+                f"({', '.join(quote.format_column(c) for c in columns)}) VALUES ")
+        marks = f"({', '.join(['?'] * len(columns))})"
+        plan = _Plan(f"{head}{marks}{suffix}",
+                     tuple((c.key, _processor(c, dialect)) for c in columns), head, marks)
         _plans[key] = plan
     return plan
 
@@ -70,9 +75,32 @@ async def insert_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row
         return
     db = await driver(session)
     plan = _plan(table, db.conn.dialect, suffix)
-    params = [tuple(row[k] if p is None else p(row[k]) for k, p in plan.columns)
-              for row in rows]
-    await db.execute(plan.sql, params)
+    await db.execute(plan.sql, [plan.params(row) for row in rows])
+
+
+# Rows per multi-row INSERT ... RETURNING: well inside SQLite's limit of 32,766 parameters.
+RETURNING_CHUNK = 500
+
+
+async def insert_returning(session: AsyncSession, table: sa.Table, rows: Sequence[Row],
+                           returning: Sequence[str], omit: Sequence[str] = ()
+                           ) -> list[tuple[Any, ...]]:
+    """Insert `rows` (every column of `table` but those in `omit`, which the database
+    fills) and return the `returning` columns of each, in no particular order: multi-row
+    VALUES, since an executemany returns nothing."""
+    if not rows:
+        return []
+    db = await driver(session)
+    plan = _plan(table, db.conn.dialect, "", tuple(omit))
+    quote = db.conn.dialect.identifier_preparer
+    tail = " RETURNING " + ", ".join(quote.quote(name) for name in returning)
+    out: list[tuple[Any, ...]] = []
+    for start in range(0, len(rows), RETURNING_CHUNK):
+        chunk = rows[start:start + RETURNING_CHUNK]
+        sql = plan.head + ", ".join([plan.marks] * len(chunk)) + tail
+        params = tuple(value for row in chunk for value in plan.params(row))
+        out.extend(tuple(r) for r in await db.execute(sql, params))
+    return out
 
 
 def _execute(conn: sa.Connection, sql: str, params: Any) -> list[Any]:
@@ -120,8 +148,14 @@ class Driver:
     async def execute(self, sql: str, params: Any) -> list[Any]:
         """`params`: one tuple, or a list of tuples (executemany)."""
         if self._raw is not None:
-            cursor = (self._raw.executemany(sql, params) if isinstance(params, list)
-                      else self._raw.execute(sql, params))
+            try:
+                cursor = (self._raw.executemany(sql, params) if isinstance(params, list)
+                          else self._raw.execute(sql, params))
+            except sqlite3.Error as error:
+                # As SQLAlchemy raises it: callers tell a conflict (IntegrityError) or a lost
+                # database (OperationalError) by SQLAlchemy's classes.
+                raise sa.exc.DBAPIError.instance(sql, params, error, sqlite3.Error,
+                                                 hide_parameters=True) from error
             try:
                 return cursor.fetchall() if cursor.description else []
             finally:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.bulk import insert_returning
 from app.core.db import after_commit
 from app.core.ids import new_id
 from app.core.types import table_of
@@ -55,11 +55,10 @@ async def emit_rows(session: AsyncSession, rows: list[EventRow]) -> None:
         return
     from app.notifications.fanout import fan_out
 
-    table = table_of(Event)
-    # Matched by id rather than by position: SQLite can then insert the list in a few
-    # multi-row statements instead of one per row.
-    inserted = await session.execute(sa.insert(table).returning(table.c.id, table.c.seq), rows)
-    seq_of = {r.id: r.seq for r in inserted}
+    # Matched by id: a multi-row INSERT ... RETURNING need not return rows in their order.
+    inserted = await insert_returning(session, table_of(Event), rows, ("id", "seq"),
+                                      omit=("seq",))
+    seq_of = dict(inserted)
     seqs = [seq_of[row["id"]] for row in rows]
     await fan_out(session, rows, seqs)
     # Once per transaction: after it commits, wake the worker and the live feed.
