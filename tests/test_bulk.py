@@ -5,12 +5,14 @@ datetimes of listed rows."""
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 import re
 import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.dialects import sqlite
 from sqlmodel import SQLModel
@@ -96,9 +98,6 @@ def test_events_are_numbered_in_list_order_and_conflicts_raise_as_usual(
     """Events go in with multi-row INSERT ... RETURNING, several statements for a long list:
     their sequence numbers still follow the list, they read back as the ORM wrote them, and a
     duplicate dedup key is SQLAlchemy's IntegrityError on both databases (rolled back whole)."""
-    import pytest
-    import sqlalchemy as sa
-
     from app.core.bulk import RETURNING_CHUNK
     from app.notifications.models import Event
     from app.notifications.outbox import emit_rows, event_row
@@ -188,3 +187,37 @@ def test_listed_times_read_as_the_serialised_datetimes() -> None:
     assert sqlite_time_json("2026-11-26 15:04:05") == "2026-11-26T15:04:05Z"
     assert sqlite_time_json("2026-11-26T15:04:05.250") == "2026-11-26T15:04:05.250000Z"
     assert sqlite_time_json(None) is None and time_json(None) is None
+
+
+def test_held_statements_land_in_order_or_fail_as_one(client: TestClient, backend: str) -> None:
+    """Inside `pipelined`, the driver's inserts may be sent together at the end (PostgreSQL):
+    they land in order, a conflict among them is SQLAlchemy's IntegrityError where the block
+    ends (inside the caller's savepoint, so the rest of the transaction goes on), and a block
+    that fails stores nothing."""
+    from app.core.bulk import pipelined
+    from app.incidents.models import ReferenceCounter
+
+    db = client.app.state.db  # type: ignore[attr-defined]
+    table = table_of(ReferenceCounter)
+
+    async def scenario() -> list[Any]:
+        async with db.transaction() as session:
+            async with pipelined(session):
+                await insert_rows(session, table, [{"year": 1, "value": 1},
+                                                   {"year": 2, "value": 2}])
+                await insert_rows(session, table, [{"year": 3, "value": 3}])
+            with pytest.raises(sa.exc.IntegrityError):
+                async with session.begin_nested(), pipelined(session):
+                    await insert_rows(session, table, [{"year": 4, "value": 4}])
+                    await insert_rows(session, table, [{"year": 2, "value": 9}])  # taken
+            with pytest.raises(RuntimeError):
+                async with session.begin_nested(), pipelined(session):
+                    await insert_rows(session, table, [{"year": 5, "value": 5}])
+                    raise RuntimeError("the block fails")
+            async with pipelined(session):
+                await insert_rows(session, table, [{"year": 6, "value": 6}])
+        async with db.read() as session:
+            return list((await session.execute(sa.select(table.c.year, table.c.value)
+                                               .order_by(table.c.year))).all())
+
+    assert [tuple(r) for r in client.portal.call(scenario)] == [(1, 1), (2, 2), (3, 3), (6, 6)]

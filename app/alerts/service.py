@@ -306,7 +306,8 @@ async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Bat
         return
     db = await driver(session)
     now = db.time(ctx.now)
-    await db.execute(_COUNT_ATTACHED, [(n, now, now, incident_id) for incident_id, n in counts])
+    await db.execute(_COUNT_ATTACHED, [(n, now, now, incident_id) for incident_id, n in counts],
+                     wait=False)
 
 
 _COUNT_ATTACHED = ("UPDATE incident SET alert_count = alert_count + ?, last_alert_at = ?, "

@@ -24,6 +24,7 @@ from app.agencies.models import Agency
 from app.alerts import service
 from app.alerts.models import AlertResult, WebhookReceipt
 from app.alerts.parsers import ParsedAlert
+from app.core.bulk import pipelined
 from app.core.clock import utcnow
 from app.core.db import Database
 from app.core.errors import is_database_unavailable
@@ -177,7 +178,8 @@ class IngestWriter:
         ctx = service.IngestContext(env=self.env, group_by=self.group_by,
                                     raw_max_bytes=self.raw_max_bytes, actor="", key_id=None,
                                     now=now, known_agencies=await self._agencies(session))
-        results = await service.ingest(session, ctx, alerts, origins)
+        async with pipelined(session):  # errors surface here, inside a request's savepoint
+            results = await service.ingest(session, ctx, alerts, origins)
         out: dict[int, Any] = {}
         start = 0
         receipts = []
