@@ -150,8 +150,10 @@ class Driver:
     async def execute(self, sql: str, params: Any, *, wait: bool = True) -> list[Any]:
         """`params`: one tuple, or a list of tuples (executemany). `wait=False`: the caller
         reads no result, so inside `pipelined` the statement may be sent later."""
+        if not self._qmark:
+            sql = sql.replace("?", "%s")
         if not wait and self._pipeline is not None:
-            self._pipeline.append((sql.replace("?", "%s"), params))
+            self._pipeline.append((sql, params))
             return []
         if self._raw is not None:
             try:
@@ -166,8 +168,6 @@ class Driver:
                 return cursor.fetchall() if cursor.description else []
             finally:
                 cursor.close()
-        if not self._qmark:
-            sql = sql.replace("?", "%s")
         rows: list[Any] = await self.conn.run_sync(_execute, sql, params)
         return rows
 

@@ -38,11 +38,11 @@ NAMING_CONVENTION = {
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 AfterCommit = Callable[[], None]
-# JSON columns are read on every list; orjson decodes them several times faster.
 # A SQLite read runs on the event loop's thread for up to this long (see sqlite_driver.dbapi):
 # the loop never stalls longer for one, and nearly every list or lookup fits.
 READ_BUDGET_S = 0.002
 
+# JSON columns are read on every list; orjson decodes them several times faster.
 JSON_CODEC: dict[str, Any] = {
     "json_serializer": lambda value: orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode(),
     "json_deserializer": orjson.loads,
