@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.agencies.router import router as agencies_router
+from app.alerts.fastpath import IngestFastPath
 from app.alerts.remote import RemoteWriter
 from app.alerts.router import router as alerts_router
 from app.alerts.writer import IngestWriter
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
                    notifications_router, workflows_router, reports_router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(ops_router)
+    app.add_middleware(IngestFastPath, prefix=API_PREFIX)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(
         RequestContextMiddleware, max_body=settings.max_body_bytes, access_log=settings.access_log

@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -16,12 +17,12 @@ from app.alerts.parsers import (
 from app.alerts.remote import RemoteWriter
 from app.alerts.schemas import AlertmanagerWebhookIn, GenericAlertIn
 from app.alerts.writer import DuplicateWebhook, IngestWriter
-from app.api.deps import Monitor, Reader, ReadSessionDep
+from app.api.deps import Monitor, Reader, ReadSessionDep, monitor
 from app.auth.service import Principal
 from app.core.clock import utcnow
 from app.core.errors import Unauthenticated, UnsupportedMediaType, ValidationProblem
 from app.core.jsonutil import dumps, loads
-from app.core.metrics import ALERTS
+from app.core.metrics import ALERTS, labelled
 from app.core.pagination import MAX_LIMIT, Page
 from app.core.ratelimit import RateLimiter
 from app.core.signing import SignatureError, verify
@@ -100,42 +101,60 @@ async def _accept(request: Request, principal: Principal, alerts: list[ParsedAle
     if not replayed:
         for alert, result in zip(alerts, results, strict=True):
             outcome = "deduplicated" if result.deduplicated else result.status
-            ALERTS.labels(alert.format, outcome).inc()
+            labelled(ALERTS, alert.format, outcome).inc()
     content = dumps(service.result_body(results))
     return Response(content, status_code=200 if replayed else 202,
                     media_type="application/json")
 
 
-async def _ingest(request: Request, principal: Principal, media: tuple[str, ...],
-                  parse: Callable[[bytes], list[ParsedAlert]]) -> Response:
+@dataclass(frozen=True)
+class IngestRoute:
+    media: tuple[str, ...]
+    parse: Callable[[bytes], list[ParsedAlert]]
+
+
+async def _ingest(request: Request, principal: Principal, route: IngestRoute) -> Response:
     """The steps every ingestion route shares: media type, raw body, signature, parse
     (all-or-nothing), rate limit, store."""
-    _media_type(request, media)
+    _media_type(request, route.media)
     body = await request.body()
     webhook_id = _verify_signature(request, principal, body)
-    return await _accept(request, principal, parse(body), webhook_id)
+    return await _accept(request, principal, route.parse(body), webhook_id)
+
+
+# Keyed by path below API_PREFIX; `app.alerts.fastpath` serves the same table.
+INGEST_ROUTES = {
+    "/alerts": IngestRoute(
+        JSON_TYPES, lambda b: parse_generic(_json(b), nul_possible=may_hold_nul(b))),
+    "/alerts/alertmanager": IngestRoute(JSON_TYPES, lambda b: parse_alertmanager(_json(b))),
+    "/alerts/cap": IngestRoute(CAP_TYPES, lambda b: [parse_cap(b)]),
+}
+
+
+async def ingest_request(request: Request, path: str) -> Response:
+    """POST `path` (one of INGEST_ROUTES) for a request FastAPI has not routed."""
+    return await _ingest(request, await monitor(request), INGEST_ROUTES[path])
 
 
 @router.post("/alerts", status_code=202, response_model=IngestResponse,
              openapi_extra=_generic_doc, responses={200: {"model": IngestResponse}})
 async def post_alerts(request: Request, principal: Monitor) -> Response:
     """One generic alert, or an array of up to 1000 (all-or-nothing)."""
-    return await _ingest(request, principal, JSON_TYPES,
-                         lambda b: parse_generic(_json(b), nul_possible=may_hold_nul(b)))
+    return await _ingest(request, principal, INGEST_ROUTES["/alerts"])
 
 
 @router.post("/alerts/alertmanager", status_code=202, response_model=IngestResponse,
              openapi_extra=_am_doc, responses={200: {"model": IngestResponse}})
 async def post_alertmanager(request: Request, principal: Monitor) -> Response:
     """A Prometheus Alertmanager webhook (payload version 4)."""
-    return await _ingest(request, principal, JSON_TYPES, lambda b: parse_alertmanager(_json(b)))
+    return await _ingest(request, principal, INGEST_ROUTES["/alerts/alertmanager"])
 
 
 @router.post("/alerts/cap", status_code=202, response_model=IngestResponse,
              openapi_extra=_cap_doc, responses={200: {"model": IngestResponse}})
 async def post_cap(request: Request, principal: Monitor) -> Response:
     """One OASIS CAP 1.2 `<alert>`; Update and Cancel follow `references`."""
-    return await _ingest(request, principal, CAP_TYPES, lambda b: [parse_cap(b)])
+    return await _ingest(request, principal, INGEST_ROUTES["/alerts/cap"])
 
 
 @router.get("/incidents/{incident_id}/alerts", response_model=Page[AlertPublic],

@@ -90,4 +90,6 @@ Reader = Annotated[Principal, Depends(require(*READERS))]
 DutyOfficer = Annotated[Principal, Depends(require(Role.duty_officer))]
 Leader = Annotated[Principal, Depends(require(Role.leader))]
 Admin = Annotated[Principal, Depends(require())]
-Monitor = Annotated[Principal, Depends(require(Role.monitor))]
+# Also called directly by the ingestion fast path (`app.alerts.fastpath`).
+monitor = require(Role.monitor)
+Monitor = Annotated[Principal, Depends(monitor)]

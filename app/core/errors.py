@@ -228,6 +228,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(problem, request.url.path)
 
 
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """The response the application's exception handlers give `exc`, for code serving a
+    request outside FastAPI's routing (`app.alerts.fastpath`)."""
+    handlers = request.app.exception_handlers
+    for cls in type(exc).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None:
+            response: Response = await handler(request, exc)
+            return response
+    raise exc
+
+
 def _database_problem(request: Request, exc: BaseException) -> Response:
     if isinstance(exc, DataError):
         # Values the database cannot hold (a NUL character in PostgreSQL text, a number out

@@ -1,6 +1,20 @@
 """Prometheus metrics, one registry per process."""
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+
+_CHILDREN: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, remembered: prometheus_client validates and locks on every
+    call, a cost each ingested alert paid two or three times. Label values are bounded
+    (methods, route templates, statuses, formats), so this stays small."""
+    child = _CHILDREN.get((metric, values))
+    if child is None:
+        child = _CHILDREN[(metric, values)] = metric.labels(*values)
+    return child
 
 REQUESTS = Counter("crisisflow_http_requests", "HTTP requests", ["method", "route", "status"])
 REQUEST_SECONDS = Histogram(

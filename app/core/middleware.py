@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import PayloadTooLarge, problem_response
 from app.core.ids import new_id
-from app.core.metrics import REQUEST_SECONDS, REQUESTS
+from app.core.metrics import REQUEST_SECONDS, REQUESTS, labelled
 
 access = logging.getLogger("crisisflow.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -77,8 +77,8 @@ class RequestContextMiddleware:
                 await self._too_large(scope, receive, send_wrapped)
         duration = time.perf_counter() - start
         route = _route_template(scope)
-        REQUESTS.labels(scope["method"], route, str(status)).inc()
-        REQUEST_SECONDS.labels(route).observe(duration)
+        labelled(REQUESTS, scope["method"], route, str(status)).inc()
+        labelled(REQUEST_SECONDS, route).observe(duration)
         if self.access_log:
             access.info(
                 "%s %s %s",
