@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         app.state.notifiers = NotifierRegistry(NotifierContext(settings=settings, http=http))
         app.state.worker = None
         if settings.ingest_socket:
-            app.state.ingest = RemoteWriter(settings.ingest_socket, db.events_committed)
+            app.state.ingest = RemoteWriter(settings.ingest_socket, db.events_committed,
+                                            db.deliveries_committed)
         else:
             app.state.ingest = IngestWriter(db, env, settings.group_by,
                                             settings.raw_alert_max_bytes)

@@ -1,7 +1,7 @@
 """The worker: delivers the outbox and fires due deadlines.
 
 It runs inside `crisisflow serve` (one per serving process) or alone as `crisisflow worker`.
-It wakes when a local transaction commits events, and polls otherwise, so a due delivery is
+It wakes when a local transaction queues deliveries, and polls otherwise, so a due delivery is
 attempted within a second even when another process wrote it.
 """
 
@@ -54,7 +54,7 @@ class Worker:
         self._wake.set()
 
     def start(self) -> None:
-        self.db.event_listeners.append(self.wake)
+        self.db.delivery_listeners.append(self.wake)
         self._recorder = asyncio.create_task(self._record_loop(), name="crisisflow-recorder")
         self._task = asyncio.create_task(self.run(), name="crisisflow-worker")
 
@@ -71,8 +71,8 @@ class Worker:
         if self._recorder is not None:
             await self._results.join()
             self._recorder.cancel()
-        if self.wake in self.db.event_listeners:
-            self.db.event_listeners.remove(self.wake)
+        if self.wake in self.db.delivery_listeners:
+            self.db.delivery_listeners.remove(self.wake)
         await self.registry.aclose()
         if self._http is not None:
             await self._http.aclose()

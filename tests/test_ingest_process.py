@@ -164,7 +164,7 @@ def test_an_unreachable_database_is_503_through_the_ingest_process(tmp_path: Pat
     async def main() -> None:
         stop = asyncio.Event()
         server = asyncio.create_task(IngestServer(settings, path).run(stop))
-        client = RemoteWriter(path, lambda: woken.append(True))
+        client = RemoteWriter(path, lambda: woken.append(True), lambda: woken.append(True))
         with pytest.raises(Unavailable, match="database"):
             await client.submit(parse_generic(_alert("fp-1", "t")), "monitor", "k-1")
         stop.set()

@@ -7,8 +7,8 @@ process left the machine's other cores to the database and the load. With
 every API process sends it parsed alerts over a Unix socket (`RemoteWriter`, with the same
 `submit` as the in-process writer). Nothing changes for a
 client: the ingest process answers only after the group's commit, so a 202 still means the
-alerts are stored; it also tells the API processes when a commit emitted events, so their
-worker and live feed wake at once.
+alerts are stored; it also tells the API processes when a commit emitted events or queued
+deliveries, so their live feed and worker wake at once.
 
 Frames are a 4-byte length and a pickle. The socket lives in a directory only this user can
 open, and both ends are the same program.
@@ -41,6 +41,7 @@ from app.core.metrics import INGEST_GROUP
 log = logging.getLogger("crisisflow.ingest")
 _LENGTH = struct.Struct("!I")
 EVENTS = "events"
+DELIVERIES = "deliveries"
 GROUP = "group"
 PROCESS_NAME = "crisisflow-ingest"  # Linux keeps the first 15 characters
 CONNECT_WAIT = 10.0  # seconds an API request waits for the ingest process to (re)start
@@ -59,9 +60,11 @@ async def _read(reader: asyncio.StreamReader) -> Any:
 class RemoteWriter:
     """The API process's side: `submit` sends the alerts and waits for the stored results."""
 
-    def __init__(self, path: str, on_events: Callable[[], None]) -> None:
+    def __init__(self, path: str, on_events: Callable[[], None],
+                 on_deliveries: Callable[[], None]) -> None:
         self.path = path
         self.on_events = on_events
+        self.on_deliveries = on_deliveries
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future[tuple[str, Any]]] = {}
         self._stream: asyncio.StreamWriter | None = None
@@ -126,6 +129,9 @@ class RemoteWriter:
                 if message == EVENTS:
                     self.on_events()
                     continue
+                if message == DELIVERIES:
+                    self.on_deliveries()
+                    continue
                 if message[0] == GROUP:
                     INGEST_GROUP.observe(message[1])
                     continue
@@ -169,7 +175,8 @@ class IngestServer:
 
         settings = self.settings
         db = open_database(settings)
-        db.event_listeners.append(self._events_committed)
+        db.event_listeners.append(lambda: self._tell_clients(EVENTS))
+        db.delivery_listeners.append(lambda: self._tell_clients(DELIVERIES))
         self.writer = IngestWriter(db, build_env(settings), settings.group_by,
                                    settings.raw_alert_max_bytes, on_group=self._group_taken)
         self.writer.start()
@@ -198,8 +205,8 @@ class IngestServer:
         if stream is not None and not stream.is_closing():
             stream.write(_frame((GROUP, len(group))))
 
-    def _events_committed(self) -> None:
-        frame = _frame(EVENTS)
+    def _tell_clients(self, message: str) -> None:
+        frame = _frame(message)
         for client in self._clients:
             client.write(frame)
 

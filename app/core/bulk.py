@@ -135,13 +135,13 @@ class Driver:
     SQLAlchemy's per-parameter processing: for the few statements an ingest group runs with
     hundreds of parameters."""
 
-    def __init__(self, conn: Any, pipeline: list[tuple[str, Any]] | None = None) -> None:
+    def __init__(self, conn: Any, info: dict[str, Any] | None = None) -> None:
         self.conn = conn
         self.sqlite = conn.dialect.name == "sqlite"
         self._qmark = conn.dialect.paramstyle == "qmark"
         self._time = _time_processor(conn.dialect)
         self._raw = _inline_sqlite(conn) if self.sqlite else None
-        self._pipeline = pipeline
+        self._info = info if info is not None else {}
 
     def time(self, value: datetime) -> Any:
         """A datetime as the UTC columns store it."""
@@ -152,9 +152,11 @@ class Driver:
         reads no result, so inside `pipelined` the statement may be sent later."""
         if not self._qmark:
             sql = sql.replace("?", "%s")
-        if not wait and self._pipeline is not None:
-            self._pipeline.append((sql, params))
+        if not wait and (held := self._info.get(_PIPELINE)) is not None:
+            held.append((sql, params))
             return []
+        if self._raw is None and self.sqlite:
+            self._raw = _inline_sqlite(self.conn)  # once the transaction has begun
         if self._raw is not None:
             try:
                 cursor = (self._raw.executemany(sql, params) if isinstance(params, list)
@@ -173,10 +175,22 @@ class Driver:
 
 
 async def driver(session: AsyncSession) -> Driver:
-    return Driver(await session.connection(), session.info.get(_PIPELINE))
+    """The session's Driver, made once per transaction or savepoint: `session.connection()`
+    costs a greenlet switch and SQLAlchemy's bookkeeping, and an ingest group asks a dozen
+    times. (It must still be asked once in each savepoint: that is what emits SAVEPOINT.)"""
+    sync = session.sync_session
+    current = sync.get_nested_transaction() or sync.get_transaction()
+    cached = session.info.get(_DRIVER)
+    if cached is not None and current is not None and cached[0] is current \
+            and current.is_active:
+        return cached[1]  # type: ignore[no-any-return]
+    made = Driver(await session.connection(), session.info)
+    session.info[_DRIVER] = (sync.get_nested_transaction() or sync.get_transaction(), made)
+    return made
 
 
 _PIPELINE = "driver_pipeline"
+_DRIVER = "driver"
 
 
 @contextlib.asynccontextmanager
@@ -188,10 +202,10 @@ async def pipelined(session: AsyncSession) -> AsyncIterator[None]:
     read (or depend on, through a foreign key) what it has written through the driver. If
     the block fails, nothing held is sent. On SQLite, where statements cost no round trip,
     this does nothing."""
-    conn = await session.connection()
-    if conn.dialect.name != "postgresql" or _PIPELINE in session.info:
+    if session.bind.dialect.name != "postgresql" or _PIPELINE in session.info:
         yield
         return
+    conn = await session.connection()
     held: list[tuple[str, Any]] = []
     session.info[_PIPELINE] = held
     try:

@@ -145,8 +145,11 @@ class Database:
         self._read = async_sessionmaker(
             self.read_engine, class_=AsyncSession, expire_on_commit=False
         )
-        # Called after a commit that emitted events: wakes the worker and the live feed.
+        # Called after a commit that emitted events (the live feed), and after one that
+        # queued deliveries (the worker: waking it for every event of a storm that nobody
+        # subscribed to would cost a look for due work on every group commit).
         self.event_listeners: list[AfterCommit] = []
+        self.delivery_listeners: list[AfterCommit] = []
         # SQLite allows one writer; queueing here keeps writers off the busy-wait path.
         self.write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         self.file_lock = WriterQueue.beside(url) if self.is_sqlite else None
@@ -171,6 +174,7 @@ class Database:
         session.info.update(self.session_info)
         session.info["after_commit"] = hooks
         session.info["events_committed"] = self.events_committed
+        session.info["deliveries_committed"] = self.deliveries_committed
         try:
             yield session
             await session.commit()
@@ -184,6 +188,10 @@ class Database:
         for listener in self.event_listeners:
             listener()
 
+    def deliveries_committed(self) -> None:
+        for listener in self.delivery_listeners:
+            listener()
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         session = self._read()
@@ -193,6 +201,13 @@ class Database:
         finally:
             await session.rollback()
             await session.close()
+
+    async def any_row(self, stmt: sa.Select[Any]) -> bool:
+        """Whether `stmt` finds a row, read outside any write transaction: the worker asks on
+        every commit that emitted events, and on SQLite a write transaction just to find
+        nothing due would queue behind the ingest writer for the one write lock."""
+        async with self.read() as session:
+            return (await session.execute(stmt.limit(1))).first() is not None
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:

@@ -52,6 +52,8 @@ async def _fire_batch(db: Database, env: incidents.Env) -> int:
         .order_by(d.c.due_at)
         .limit(BATCH)
     )
+    if not await db.any_row(due):
+        return 0
     if not db.is_sqlite:
         due = due.with_for_update(skip_locked=True)
     count = 0

@@ -85,6 +85,8 @@ async def claim(db: Database, worker_id: str, limit: int, lease: float) -> list[
         .order_by(d.c.next_attempt_at, d.c.event_seq)
         .limit(limit)
     )
+    if not await db.any_row(due):
+        return []
     if not db.is_sqlite:
         due = due.with_for_update(skip_locked=True, of=d)
     async with db.transaction() as session:

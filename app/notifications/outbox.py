@@ -60,9 +60,11 @@ async def emit_rows(session: AsyncSession, rows: list[EventRow]) -> None:
                                       omit=("seq",))
     seq_of = dict(inserted)
     seqs = [seq_of[row["id"]] for row in rows]
-    await fan_out(session, rows, seqs)
-    # Once per transaction: after it commits, wake the worker and the live feed.
-    wake = session.info.get("events_committed")
-    if wake is not None and not session.info.get("wake_registered"):
-        session.info["wake_registered"] = True
-        after_commit(session, wake)
+    queued = await fan_out(session, rows, seqs)
+    # Once per transaction: after it commits, wake the live feed, and the worker if there is
+    # something to deliver.
+    for hook, wanted in (("events_committed", True), ("deliveries_committed", queued > 0)):
+        wake = session.info.get(hook)
+        if wanted and wake is not None and not session.info.get(f"{hook}:registered"):
+            session.info[f"{hook}:registered"] = True
+            after_commit(session, wake)
