@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -28,8 +29,8 @@ class IngestFastPath:
         # metrics' route label); an included router's routes carry paths without its prefix.
         self.table: dict[str, tuple[str, Any]] = {
             prefix + route.path: (route.path, route) for route in router.routes
-            if getattr(route, "path", None) in INGEST_ROUTES
-            and "POST" in (getattr(route, "methods", None) or ())}
+            if isinstance(route, APIRoute) and route.path in INGEST_ROUTES
+            and "POST" in (route.methods or ())}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or \

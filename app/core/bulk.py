@@ -202,7 +202,8 @@ async def pipelined(session: AsyncSession) -> AsyncIterator[None]:
     read (or depend on, through a foreign key) what it has written through the driver. If
     the block fails, nothing held is sent. On SQLite, where statements cost no round trip,
     this does nothing."""
-    if session.bind.dialect.name != "postgresql" or _PIPELINE in session.info:
+    bind = session.bind
+    if bind is None or bind.dialect.name != "postgresql" or _PIPELINE in session.info:
         yield
         return
     conn = await session.connection()
