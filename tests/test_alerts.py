@@ -1194,3 +1194,45 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
     finally:
         engine.dispose()
     assert fingerprints == ["hook", "ok-1", "ok-2"]
+
+
+# -- the ingestion routes outside FastAPI's routing (app.alerts.fastpath) --------------------
+
+def test_ingestion_keeps_every_layer_around_it(client: TestClient,
+                                                make_key: Callable[..., dict[str, str]],
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The ingestion routes skip FastAPI's routing, not what wraps every request: the
+    request id is echoed, the route is labelled in the metrics, an unexpected failure is the
+    generic problem (logged, its detail never shown), a wrong role is 403, and other methods
+    on the path are still FastAPI's 405."""
+    monitor, viewer = make_key("monitor"), make_key("viewer")
+    resp = client.post("/api/v1/alerts", json={"source": "s", "title": "t", "fingerprint": "f"},
+                       headers={**monitor, "X-Request-ID": "req-42"})
+    assert resp.status_code == 202 and resp.headers["x-request-id"] == "req-42"
+    assert 'route="/api/v1/alerts",status="202"' in client.get("/metrics").text
+
+    forbidden = client.post("/api/v1/alerts/cap", content=b"<alert/>",
+                            headers={**viewer, "Content-Type": "application/cap+xml"})
+    assert forbidden.status_code == 403
+    assert forbidden.headers["content-type"].startswith("application/problem+json")
+
+    not_allowed = client.get("/api/v1/alerts/alertmanager", headers=monitor)
+    assert not_allowed.status_code == 405
+    assert not_allowed.headers["content-type"].startswith("application/problem+json")
+
+    writer = client.app.state.ingest  # type: ignore[attr-defined]
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internal detail")
+
+    real, writer.submit = writer.submit, broken
+    try:
+        failed = client.post("/api/v1/alerts", headers=monitor,
+                             json={"source": "s", "title": "t", "fingerprint": "g"})
+    finally:
+        writer.submit = real
+    assert failed.status_code == 500
+    assert failed.json()["type"] == "/problems/internal"
+    assert "secret internal detail" not in failed.text and failed.headers["x-request-id"]
+    assert any("secret internal detail" in (r.exc_text or str(r.exc_info))
+               for r in caplog.records)
