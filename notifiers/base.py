@@ -15,6 +15,7 @@ import re
 import socket
 import ssl
 import time
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.core.config import Settings
+from notifiers.transport import LeanTransport
 
 ENTRY_POINT_GROUP = "crisisflow.notifiers"
 USER_AGENT = "crisisflow"
@@ -263,7 +265,10 @@ def http_timeout(settings: Settings) -> httpx.Timeout:
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
     """The one outbound HTTP client of a process, sized to the delivery worker's concurrency."""
     size = max(settings.delivery_concurrency, 1)
+    lean = None if urllib.request.getproxies() else LeanTransport(
+        max_idle_per_origin=size, keepalive_expiry=30.0)
     return httpx.AsyncClient(
+        transport=lean,
         timeout=http_timeout(settings),
         # A redirect would re-send a signed payload to a place the subscriber never validated
         # (possibly an internal address); the 3xx is reported instead.
