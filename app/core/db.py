@@ -202,12 +202,12 @@ class Database:
             await session.rollback()
             await session.close()
 
-    async def any_row(self, stmt: sa.Select[Any]) -> bool:
-        """Whether `stmt` finds a row, read outside any write transaction: the worker asks on
-        every commit that emitted events, and on SQLite a write transaction just to find
-        nothing due would queue behind the ingest writer for the one write lock."""
+    async def any_row(self, stmt: sa.Select[Any], params: dict[str, Any] | None = None) -> bool:
+        """Whether `stmt` finds a row, read outside any write transaction: on SQLite a write
+        transaction just to find that nothing is due would queue behind the ingest writer for
+        the one write lock. `stmt` should be limited to one row."""
         async with self.read() as session:
-            return (await session.execute(stmt.limit(1))).first() is not None
+            return (await session.execute(stmt, params)).first() is not None
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:

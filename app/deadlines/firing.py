@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -43,22 +44,32 @@ async def fire_due(db: Database, env: incidents.Env) -> int:
             return fired
 
 
-async def _fire_batch(db: Database, env: incidents.Env) -> int:
-    now = utcnow()
+def _due_statements() -> tuple[sa.Select[Any], sa.Select[Any], sa.Select[Any]]:
+    """(probe, batch on SQLite, batch on PostgreSQL), built once: the worker asks every
+    cycle, and a statement built per call costs SQLAlchemy a new cache key each time."""
     d = table_of(Deadline)
     due = (
         sa.select(d.c.id, d.c.incident_id)
-        .where(d.c.fired_at.is_(None), d.c.met_at.is_(None), d.c.due_at <= now)
+        .where(d.c.fired_at.is_(None), d.c.met_at.is_(None),
+               d.c.due_at <= sa.bindparam("now", type_=d.c.due_at.type))
         .order_by(d.c.due_at)
-        .limit(BATCH)
     )
-    if not await db.any_row(due):
+    batch = due.limit(BATCH)
+    return due.limit(1), batch, batch.with_for_update(skip_locked=True)
+
+
+_DUE_PROBE, _DUE, _DUE_LOCKED = _due_statements()
+
+
+async def _fire_batch(db: Database, env: incidents.Env) -> int:
+    now = utcnow()
+    d = table_of(Deadline)
+    if not await db.any_row(_DUE_PROBE, {"now": now}):
         return 0
-    if not db.is_sqlite:
-        due = due.with_for_update(skip_locked=True)
     count = 0
     async with db.transaction() as session:
-        rows = (await session.execute(due)).all()
+        rows = (await session.execute(_DUE if db.is_sqlite else _DUE_LOCKED,
+                                      {"now": now})).all()
         for deadline_id, incident_id in sorted(rows, key=lambda r: r[1]):
             inc = (await session.exec(
                 select(Incident).where(Incident.id == incident_id).with_for_update()

@@ -61,8 +61,11 @@ ev = table_of(Event)
 sub = table_of(Subscription)
 
 
-async def claim(db: Database, worker_id: str, limit: int, lease: float) -> list[Claimed]:
-    now = utcnow()
+def _due_statements() -> tuple[sa.Select[Any], sa.Select[Any], sa.Select[Any]]:
+    """(probe, claim on SQLite, claim on PostgreSQL): built once, with the time and the
+    batch size as parameters, so SQLAlchemy computes their cache keys once rather than on
+    every worker cycle."""
+    now = sa.bindparam("now", type_=d.c.next_attempt_at.type)
     earlier = d.alias("earlier")
     blocked = (
         sa.select(sa.literal(1))
@@ -83,30 +86,37 @@ async def claim(db: Database, worker_id: str, limit: int, lease: float) -> list[
             ~sa.exists(blocked),
         )
         .order_by(d.c.next_attempt_at, d.c.event_seq)
-        .limit(limit)
     )
-    if not await db.any_row(due):
+    batch = due.limit(sa.bindparam("batch", type_=sa.Integer))
+    return due.limit(1), batch, batch.with_for_update(skip_locked=True, of=d)
+
+
+_DUE_PROBE, _DUE, _DUE_LOCKED = _due_statements()
+_CLAIM = (sa.update(d).where(d.c.id.in_(sa.bindparam("ids", expanding=True)))
+          .values(claimed_until=sa.bindparam("until"), claimed_by=sa.bindparam("worker")))
+_CLAIMED = (
+    sa.select(d.c.id, d.c.attempts, d.c.window_started_at, ev.c.id.label("event_id"), ev.c.type,
+              ev.c.at, ev.c.data, sub.c.id.label("sub_id"), sub.c.agency, sub.c.notifier,
+              sub.c.target, sub.c.config, sub.c.secret, sub.c.active)
+    .join(ev, ev.c.seq == d.c.event_seq)
+    .join(sub, sub.c.id == d.c.subscription_id)
+    .where(d.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(d.c.next_attempt_at, d.c.event_seq)
+)
+
+
+async def claim(db: Database, worker_id: str, limit: int, lease: float) -> list[Claimed]:
+    now = utcnow()
+    if not await db.any_row(_DUE_PROBE, {"now": now}):
         return []
-    if not db.is_sqlite:
-        due = due.with_for_update(skip_locked=True, of=d)
+    due = _DUE if db.is_sqlite else _DUE_LOCKED
     async with db.transaction() as session:
-        ids = [r[0] for r in (await session.execute(due)).all()]
+        ids = [r[0] for r in (await session.execute(due, {"now": now, "batch": limit})).all()]
         if not ids:
             return []
-        await session.execute(
-            sa.update(d).where(d.c.id.in_(ids))
-            .values(claimed_until=now + timedelta(seconds=lease), claimed_by=worker_id)
-        )
-        rows = (await session.execute(
-            sa.select(d.c.id, d.c.attempts, d.c.window_started_at, ev.c.id.label("event_id"),
-                      ev.c.type,
-                      ev.c.at, ev.c.data, sub.c.id.label("sub_id"), sub.c.agency, sub.c.notifier,
-                      sub.c.target, sub.c.config, sub.c.secret, sub.c.active)
-            .join(ev, ev.c.seq == d.c.event_seq)
-            .join(sub, sub.c.id == d.c.subscription_id)
-            .where(d.c.id.in_(ids))
-            .order_by(d.c.next_attempt_at, d.c.event_seq)
-        )).all()
+        await session.execute(_CLAIM, {"ids": ids, "worker": worker_id,
+                                       "until": now + timedelta(seconds=lease)})
+        rows = (await session.execute(_CLAIMED, {"ids": ids})).all()
     return [_claimed(r) for r in rows]
 
 
