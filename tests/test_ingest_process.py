@@ -173,3 +173,34 @@ def test_an_unreachable_database_is_503_through_the_ingest_process(tmp_path: Pat
 
     asyncio.run(main())
     assert not woken and not Path(path).exists()
+
+
+def test_not_ready_until_the_ingest_process_accepts_alerts(db_url: str, tmp_path: Path) -> None:
+    """A load balancer must not send alerts to an API process whose ingest process is not up
+    yet (or not up again): /readyz is 503 until it accepts connections."""
+    from fastapi.testclient import TestClient
+
+    from app.alerts.remote import IngestServer
+    from app.core.config import Settings
+    from app.main import create_app
+
+    path = str(tmp_path / "ingest.sock")
+    settings = Settings(database_url=db_url, log_json=False, ingest_socket=path)
+    with TestClient(create_app(settings)) as http:
+        waiting = http.get("/readyz")
+        assert waiting.status_code == 503
+        assert waiting.json()["detail"] == "Alert ingestion is starting."
+
+        stop = asyncio.Event()
+        server = IngestServer(settings, path)
+
+        async def start() -> None:
+            asyncio.get_running_loop().create_task(server.run(stop))
+            for _ in range(200):
+                if Path(path).exists():
+                    return
+                await asyncio.sleep(0.05)
+
+        http.portal.call(start)
+        assert http.get("/readyz").status_code == 200
+        http.portal.call(stop.set)

@@ -102,13 +102,21 @@ class RemoteWriter:
             raise Unavailable(payload)
         raise RuntimeError(f"the ingest process failed: {payload}")
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def ready(self) -> bool:
+        """Whether the ingest process accepts alerts now (readiness, after a (re)start)."""
+        try:
+            await self._connect(wait=0.0)
+        except Unavailable:
+            return False
+        return True
+
+    async def _connect(self, wait: float = CONNECT_WAIT) -> asyncio.StreamWriter:
         if self._stream is not None and not self._stream.is_closing():
             return self._stream
         async with self._connecting:
             if self._stream is not None and not self._stream.is_closing():
                 return self._stream
-            deadline = time.monotonic() + CONNECT_WAIT
+            deadline = time.monotonic() + wait
             while True:
                 try:
                     reader, self._stream = await asyncio.open_unix_connection(self.path)

@@ -76,6 +76,9 @@ class IngestWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def ready(self) -> bool:
+        return True  # it runs in this process
+
     async def submit(self, alerts: list[ParsedAlert], actor: str, key_id: str,
                      webhook_id: str | None = None) -> tuple[list[AlertResult], bool]:
         """Store the alerts; returns their results and whether this was a replayed webhook."""

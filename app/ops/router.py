@@ -34,7 +34,8 @@ async def _outbox(db: Database) -> tuple[int, float]:
 
 @router.get("/readyz", responses={503: {"description": "database unreachable or not migrated"}})
 async def readyz(request: Request) -> Response:
-    """Readiness: the database answers and its schema is at the newest migration. The body
+    """Readiness: the database answers, its schema is at the newest migration, and alert
+    ingestion (the ingest process, when there is one) accepts alerts. The body
     also shows the outbox backlog and the age of the oldest due delivery."""
     db: Database = request.app.state.db
     try:
@@ -47,6 +48,8 @@ async def readyz(request: Request) -> Response:
         return problem_response(
             Unavailable("The database schema is not at the newest migration."), "/readyz"
         )
+    if not await request.app.state.ingest.ready():
+        return problem_response(Unavailable("Alert ingestion is starting."), "/readyz")
     count, oldest = await _outbox(db)
     body = {"status": "ready", "outbox_backlog": count, "oldest_due_seconds": round(oldest, 3)}
     return Response(content=dumps(body), media_type="application/json")
