@@ -102,8 +102,12 @@ def table_of(model: type[Any]) -> sa.Table:
 
 
 def row_of(obj: Any) -> dict[str, Any]:
-    """Every column of a SQLModel table object, for a bulk Core insert."""
-    return {c.key: getattr(obj, c.key) for c in table_of(type(obj)).columns}
+    """Every column of a SQLModel table object, for a bulk Core insert. Values are read from
+    the instance's dict where they are (objects built in memory hold them all), past
+    SQLAlchemy's attribute instrumentation."""
+    held = obj.__dict__
+    return {c.key: held[c.key] if c.key in held else getattr(obj, c.key)
+            for c in table_of(type(obj)).columns}
 
 
 @functools.cache
