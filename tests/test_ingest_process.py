@@ -196,11 +196,7 @@ def test_not_ready_until_the_ingest_process_accepts_alerts(db_url: str, tmp_path
 
         async def start() -> None:
             asyncio.get_running_loop().create_task(server.run(stop))
-            for _ in range(200):
-                if Path(path).exists():
-                    return
-                await asyncio.sleep(0.05)
 
         http.portal.call(start)
-        assert http.get("/readyz").status_code == 200
+        eventually(lambda: http.get("/readyz").status_code == 200, 20, "readiness")
         http.portal.call(stop.set)

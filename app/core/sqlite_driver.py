@@ -59,18 +59,18 @@ def _run_bounded(raw: sqlite3.Connection, operation: str, parameters: Any, begin
     def over() -> bool:
         return time.perf_counter() > deadline
 
-    raw.set_progress_handler(over, _PROGRESS_STEPS)
-    try:
-        return _run_or_give_up(raw, operation, parameters, begin)
-    finally:
-        raw.set_progress_handler(None, 0)
+    return _run_or_give_up(raw, operation, parameters, begin, over)
 
 
 def _run_or_give_up(raw: sqlite3.Connection, operation: str, parameters: Any,
-                    begin: str | None = None) -> tuple[Any, int, int | None, list[Any]] | None:
+                    begin: str | None = None, stop: Callable[[], bool] | None = None
+                    ) -> tuple[Any, int, int | None, list[Any]] | None:
     """`_run` without SQLite's busy handler (which sleeps on the calling thread): None if
-    the statement would wait for a lock or was interrupted."""
+    the statement would wait for a lock, or was interrupted by `stop` (a progress handler
+    for this statement only)."""
     raw.execute("PRAGMA busy_timeout=0")
+    if stop is not None:
+        raw.set_progress_handler(stop, _PROGRESS_STEPS)
     try:
         return _run(raw, operation, parameters, False, begin)
     except sqlite3.OperationalError as error:
@@ -78,6 +78,10 @@ def _run_or_give_up(raw: sqlite3.Connection, operation: str, parameters: Any,
             return None
         raise
     finally:
+        if stop is not None:
+            # First: past its deadline it would interrupt the PRAGMA too, and the read would
+            # fail instead of moving to the connection's thread.
+            raw.set_progress_handler(None, 0)
         raw.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
