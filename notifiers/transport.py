@@ -8,7 +8,9 @@ was a third of the process's CPU and pushed escalation latency past its target.
 
 This transport keeps what a webhook needs: one request per connection at a time, idle
 connections kept per origin (the most recent reused first; one found closed by its server
-is dropped, never retried on), TLS with httpx's default verification, httpx's connect /
+is dropped, and a request on one the server closes just as it is reused, before a byte of
+an answer, is sent once more on a new connection), TLS with httpx's default verification,
+httpx's connect /
 write / read timeouts and exception classes. Parsing is h11's, as in httpcore. Where the
 environment names a proxy, `make_http_client` keeps httpx's own transport, which knows them.
 """
@@ -92,30 +94,29 @@ class LeanTransport(httpx.AsyncBaseTransport):
         conn = self._reuse(origin)
         if conn is not None:
             try:
-                return await self._exchange(origin, conn, request, timeout)
+                return await self._exchange(origin, conn, request, timeout, reused=True)
             except _ClosedUnanswered:
                 pass  # the server closed it as we reused it: once more, on a new connection
         conn = await self._connect(origin, timeout.get("connect"))
-        try:
-            return await self._exchange(origin, conn, request, timeout)
-        except _ClosedUnanswered as exc:
-            if isinstance(exc.__cause__, httpx.HTTPError):
-                raise exc.__cause__ from exc.__cause__.__cause__
-            raise httpx.RemoteProtocolError("the server closed the connection without "
-                                            "a response") from None
+        return await self._exchange(origin, conn, request, timeout, reused=False)
 
     async def _exchange(self, origin: Origin, conn: _Connection, request: httpx.Request,
-                        limits: dict[str, float | None]) -> httpx.Response:
+                        limits: dict[str, float | None], *, reused: bool) -> httpx.Response:
+        """One request and the head of its answer. On a reused connection the server closed
+        before a byte of an answer, `_ClosedUnanswered` (the caller tries a new one)."""
         try:
             await self._send(conn, request, limits.get("write"))
             event = await conn._read_event(limits.get("read"))
             while isinstance(event, h11.InformationalResponse):
                 event = await conn._read_event(limits.get("read"))
             if not isinstance(event, h11.Response):
-                raise _ClosedUnanswered()
+                if reused:
+                    raise _ClosedUnanswered()
+                raise httpx.RemoteProtocolError("the server closed the connection without "
+                                                "a response")
         except (httpx.ReadError, httpx.WriteError) as exc:
             conn.close()
-            if conn.h11.their_state is h11.SEND_RESPONSE:  # not a byte of an answer yet
+            if reused and conn.h11.their_state is h11.SEND_RESPONSE:
                 raise _ClosedUnanswered() from exc
             raise
         except h11.ProtocolError as exc:
