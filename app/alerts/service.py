@@ -192,7 +192,7 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
         row["status"] = "ignored"
         rows.append(row)
         return _result(alert_id=row["id"], incident_id=None, deduplicated=False,
-                           status="ignored")
+                       status="ignored")
     if alert.status == "resolved":
         return await _resolve(session, ctx, batch, alert, row, rows)
 
@@ -212,7 +212,7 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
     row["deduplicated"] = deduplicated
     rows.append(row)
     return _result(alert_id=row["id"], incident_id=incident_id, deduplicated=deduplicated,
-                       status="firing")
+                   status="firing")
 
 
 def _result(*, alert_id: str, incident_id: str | None, deduplicated: bool,
@@ -329,7 +329,7 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
         # Nothing open to resolve: keep the message for audit only.
         rows.append(row)
         return _result(alert_id=row["id"], incident_id=None, deduplicated=False,
-                           status="resolved")
+                       status="resolved")
     target = batch.targets[incident_id]
     ids: list[str] = []
     if target.opening is None:
@@ -366,7 +366,7 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
         row["incident_id"], row["status"] = incident_id, "resolved"
         rows.append(row)
     return _result(alert_id=alert_id, incident_id=incident_id, deduplicated=True,
-                       status="resolved")
+                   status="resolved")
 
 
 async def _save_keys(session: AsyncSession, ctx: IngestContext, batch: _Batch) -> None:
