@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from app.alerts.models import AlertResult
+from app.alerts.models import Outcome
 from app.alerts.parsers import ParsedAlert
 from app.alerts.writer import DuplicateWebhook, IngestWriter
 from app.core.config import Settings
@@ -76,13 +76,8 @@ def _alerts_in(rows: list[list[Any]]) -> list[ParsedAlert]:
     return alerts
 
 
-def _results_out(results: list[AlertResult]) -> list[list[Any]]:
-    return [[r.alert_id, r.incident_id, r.deduplicated, r.status] for r in results]
-
-
-def _results_in(rows: list[list[Any]]) -> list[AlertResult]:
-    return [AlertResult.model_construct(alert_id=a, incident_id=i, deduplicated=d, status=s)
-            for a, i, d, s in rows]
+def _results_in(rows: list[list[Any]]) -> list[Outcome]:
+    return [Outcome(*row) for row in rows]
 
 
 class RemoteWriter:
@@ -267,7 +262,7 @@ class IngestServer:
         self._origin[id(alerts)] = stream
         try:
             results, replayed = await self.writer.submit(alerts, actor, key_id, webhook_id)
-            reply = ("ok", (_results_out(results), replayed))
+            reply = ("ok", ([list(r) for r in results], replayed))
         except DuplicateWebhook:
             reply = ("duplicate", None)
         except ProblemError as exc:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.agencies.models import Agency
 from app.alerts import service
-from app.alerts.models import AlertResult, WebhookReceipt
+from app.alerts.models import Outcome, WebhookReceipt
 from app.alerts.parsers import ParsedAlert
 from app.core.bulk import pipelined
 from app.core.clock import utcnow
@@ -50,7 +50,7 @@ class _Request:
     actor: str
     key_id: str
     webhook_id: str | None
-    done: asyncio.Future[tuple[list[AlertResult], bool]] = field(
+    done: asyncio.Future[tuple[list[Outcome], bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -80,7 +80,7 @@ class IngestWriter:
         return True  # it runs in this process
 
     async def submit(self, alerts: list[ParsedAlert], actor: str, key_id: str,
-                     webhook_id: str | None = None) -> tuple[list[AlertResult], bool]:
+                     webhook_id: str | None = None) -> tuple[list[Outcome], bool]:
         """Store the alerts; returns their results and whether this was a replayed webhook."""
         if self._task is None:  # no writer running (CLI, some tests): one transaction alone
             return await self._write([_Request(alerts, actor, key_id, webhook_id)], single=True)
@@ -105,7 +105,7 @@ class IngestWriter:
                         r.done.set_exception(exc)
 
     async def _write(self, group: list[_Request], *, single: bool = False
-                     ) -> tuple[list[AlertResult], bool]:
+                     ) -> tuple[list[Outcome], bool]:
         """One transaction for the group: all fresh requests are ingested together (one key
         lookup, one insert). If that fails for a reason other than the database being gone,
         the group runs again in a new transaction with each request in its own savepoint, so
@@ -150,7 +150,7 @@ class IngestWriter:
                     outcomes[id(request)] = exc
         return outcomes
 
-    async def _replay(self, session: Any, request: _Request) -> list[AlertResult] | None:
+    async def _replay(self, session: Any, request: _Request) -> list[Outcome] | None:
         if request.webhook_id is None:
             return None
         receipts = table_of(WebhookReceipt)
@@ -161,7 +161,7 @@ class IngestWriter:
         )).scalar_one_or_none()
         if stored is None:
             return None
-        return [AlertResult.model_validate(r) for r in stored["results"]]
+        return [Outcome(**r) for r in stored["results"]]
 
     async def _agencies(self, session: Any) -> set[str]:
         # The directory changes rarely; reading it once per few seconds is plenty for routing.

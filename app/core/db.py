@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.core import sqlite_driver
+from app.core import checkpoint, sqlite_driver
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -69,6 +69,14 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+def sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL; None for memory or URI databases."""
+    path = sa.engine.make_url(sync_url(url)).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return path
+
+
 def _enter_wal(cur: Any) -> None:
     # Switching a fresh file to WAL needs an exclusive lock, and SQLite answers "locked" at
     # once, without its busy handler, when another opener holds it: retry for a while.
@@ -83,7 +91,8 @@ def _enter_wal(cur: Any) -> None:
             time.sleep(0.02)
 
 
-def _sqlite_hooks(engine: Any, begin: str, *, deferred: bool = False) -> None:
+def _sqlite_hooks(engine: Any, begin: str, *, deferred: bool = False,
+                  checkpointed: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver's own is DEFERRED).
@@ -97,6 +106,9 @@ def _sqlite_hooks(engine: Any, begin: str, *, deferred: bool = False) -> None:
         # lookup reads pages through system calls. 16 MB per connection keeps the pools
         # (2 × 10 connections) within the memory budget.
         cur.execute("PRAGMA cache_size=-16384")
+        if checkpointed:  # a Checkpointer thread copies the WAL (app.core.checkpoint)
+            cur.execute(f"PRAGMA wal_autocheckpoint={checkpoint.WRITER_AUTOCHECKPOINT}")
+            cur.execute(f"PRAGMA journal_size_limit={checkpoint.JOURNAL_SIZE_LIMIT}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -133,7 +145,10 @@ class Database:
             self.read_engine: AsyncEngine = create_async_engine(
                 aurl, pool_size=pool_size, module=sqlite_driver.dbapi(read_budget=READ_BUDGET_S),
                 **JSON_CODEC)
-            _sqlite_hooks(self.engine.sync_engine, "BEGIN IMMEDIATE")
+            path = sqlite_file(url)
+            self.checkpointer = checkpoint.Checkpointer(path) if path else None
+            _sqlite_hooks(self.engine.sync_engine, "BEGIN IMMEDIATE",
+                          checkpointed=self.checkpointer is not None)
             _sqlite_hooks(self.read_engine.sync_engine, "BEGIN", deferred=True)
         else:
             self.engine = create_async_engine(
@@ -141,6 +156,7 @@ class Database:
                 pool_timeout=10, **JSON_CODEC,
             )
             self.read_engine = self.engine
+            self.checkpointer = None
         self._write = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
         self._read = async_sessionmaker(
             self.read_engine, class_=AsyncSession, expire_on_commit=False
@@ -220,6 +236,9 @@ class Database:
         if self.file_lock is not None:
             self.file_lock.close()
             self.file_lock = None
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
 
 
 class WriterQueue:
@@ -233,10 +252,8 @@ class WriterQueue:
 
     @classmethod
     def beside(cls, url: str) -> WriterQueue | None:
-        path = sa.engine.make_url(sync_url(url)).database
-        if not path or path == ":memory:" or path.startswith("file:"):
-            return None
-        return cls(path + "-writer.lock")
+        path = sqlite_file(url)
+        return cls(path + "-writer.lock") if path else None
 
     async def acquire(self) -> None:
         try:
