@@ -21,7 +21,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.agencies.models import Agency
-from app.alerts.models import Alert, AlertKey, AlertPublic, AlertResult
+from app.alerts.models import Alert, AlertKey, AlertPublic, Outcome
 from app.alerts.parsers import ParsedAlert
 from app.core.bulk import driver, insert_rows
 from app.core.ids import new_id
@@ -117,13 +117,14 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
                 groups: list[str | None]) -> _Batch:
     batch = _Batch()
     db = await driver(session)
-    if not db.sqlite:
-        await db.execute("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,))
     fps = sorted({a.fingerprint for a in alerts} | {r for a in alerts for r in a.references})
     keys = sorted({g for g in groups if g})
-    params = (dumps(fps).decode(), dumps(keys).decode()) if db.sqlite else (fps, keys)
-    for kind, key, incident_id, state, severity in await db.execute(
-            _OPEN_KEYS["sqlite" if db.sqlite else "postgresql"], params):
+    if db.sqlite:
+        found = await db.execute(_OPEN_KEYS["sqlite"], (dumps(fps).decode(), dumps(keys).decode()))
+    else:  # the keys are read once the lock is held, in the lock's round trip
+        found = await db.execute_after("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,),
+                                       _OPEN_KEYS["postgresql"], (fps, keys))
+    for kind, key, incident_id, state, severity in found:
         batch.keys[(kind, key)] = incident_id
         batch.targets[incident_id] = _Target(incident_id, state, severity)
     if ctx.known_agencies is not None:
@@ -150,12 +151,12 @@ def _point(batch: _Batch, kind: str, key: str | None, incident_id: str) -> None:
 
 
 async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
-                 origins: list[tuple[str, str | None]] | None = None) -> list[AlertResult]:
+                 origins: list[tuple[str, str | None]] | None = None) -> list[Outcome]:
     """Store `alerts` in order. `origins` gives each alert's (actor, key id) when one
     transaction carries the requests of several monitors (the group commit)."""
     groups = [group_key(a, ctx.group_by) for a in alerts]
     batch = await _load(session, ctx, alerts, groups)
-    results: list[AlertResult] = []
+    results: list[Outcome] = []
     rows: list[Row] = []
     for i, (alert, group) in enumerate(zip(alerts, groups, strict=True)):
         if origins is not None:
@@ -177,7 +178,7 @@ Row = dict[str, Any]
 
 
 async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
-               group: str | None, rows: list[Row]) -> AlertResult:
+               group: str | None, rows: list[Row]) -> Outcome:
     # Plain dicts, inserted in one executemany at the end: far cheaper than ORM objects.
     row: Row = {
         "id": new_id(), "incident_id": None, "format": alert.format, "source": alert.source,
@@ -216,10 +217,8 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
 
 
 def _result(*, alert_id: str, incident_id: str | None, deduplicated: bool,
-            status: str) -> AlertResult:
-    # Built from values this module made itself: pydantic's validation is ~10 µs an alert.
-    return AlertResult.model_construct(alert_id=alert_id, incident_id=incident_id,
-                                       deduplicated=deduplicated, status=status)
+            status: str) -> Outcome:
+    return Outcome(alert_id, incident_id, deduplicated, status)
 
 
 def _open_incident(ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
@@ -322,7 +321,7 @@ _COUNT_ATTACHED = ("UPDATE incident SET alert_count = alert_count + ?, last_aler
 
 
 async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
-                   row: Row, rows: list[Row]) -> AlertResult:
+                   row: Row, rows: list[Row]) -> Outcome:
     names = alert.references if alert.msg_type == "Cancel" else [alert.fingerprint]
     incident_id = next((batch.keys[("fp", n)] for n in names if ("fp", n) in batch.keys), None)
     if incident_id is None:
@@ -395,5 +394,7 @@ async def list_for_incident(session: AsyncSession, incident_id: str, limit: int,
                 next_cursor=next_cursor)
 
 
-def result_body(results: list[AlertResult]) -> dict[str, Any]:
-    return {"results": [r.model_dump() for r in results]}
+def result_body(results: list[Outcome]) -> dict[str, Any]:
+    """The body of IngestResponse (AlertResult's fields)."""
+    return {"results": [{"alert_id": a, "incident_id": i, "deduplicated": d, "status": s}
+                        for a, i, d, s in results]}

@@ -31,13 +31,26 @@ Row = dict[str, Any]
 @dataclass(frozen=True)
 class _Plan:
     sql: str
-    # Each column's key and bind processor, in the statement's order.
-    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    # A row's parameter tuple: each column's value through its bind processor, in the
+    # statement's order.
+    params: Callable[[Row], tuple[Any, ...]]
     head: str  # INSERT INTO t (columns) VALUES
     marks: str  # (?, ?, ...) for one row
 
-    def params(self, row: Row) -> tuple[Any, ...]:
-        return tuple(row[k] if p is None else p(row[k]) for k, p in self.columns)
+
+def _row_function(columns: list[tuple[str, Callable[[Any], Any] | None]]
+                  ) -> Callable[[Row], tuple[Any, ...]]:
+    """`lambda row: (row["a"], p1(row["b"]), ...)`, written out once per table: a generic loop
+    over the columns cost more than SQLite's own work of storing a thousand alerts."""
+    processors: dict[str, Any] = {}
+    values = []
+    for i, (key, processor) in enumerate(columns):
+        if processor is None:
+            values.append(f"row[{key!r}]")
+        else:
+            processors[f"p{i}"] = processor
+            values.append(f"p{i}(row[{key!r}])")
+    return eval(f"lambda row: ({', '.join(values)},)", processors)  # type: ignore[no-any-return]
 
 
 _plans: dict[tuple[str, str, str, tuple[str, ...]], _Plan] = {}
@@ -63,7 +76,8 @@ def _plan(table: sa.Table, dialect: Dialect, suffix: str, omit: tuple[str, ...] 
                 f"({', '.join(quote.format_column(c) for c in columns)}) VALUES ")
         marks = f"({', '.join(['?'] * len(columns))})"
         plan = _Plan(f"{head}{marks}{suffix}",
-                     tuple((c.key, _processor(c, dialect)) for c in columns), head, marks)
+                     _row_function([(c.key, _processor(c, dialect)) for c in columns]),
+                     head, marks)
         _plans[key] = plan
     return plan
 
@@ -76,7 +90,7 @@ async def insert_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row
         return
     db = await driver(session)
     plan = _plan(table, db.conn.dialect, suffix)
-    await db.execute(plan.sql, [plan.params(row) for row in rows], wait=False)
+    await db.execute(plan.sql, list(map(plan.params, rows)), wait=False)
 
 
 # Rows per multi-row INSERT ... RETURNING: well inside SQLite's limit of 32,766 parameters.
@@ -172,6 +186,28 @@ class Driver:
                 cursor.close()
         rows: list[Any] = await self.conn.run_sync(_execute, sql, params)
         return rows
+
+    async def execute_after(self, first: str, first_params: Any, sql: str,
+                            params: Any) -> list[Any]:
+        """Run `first` (a lock, say), then `sql`, and return the rows of `sql`. On PostgreSQL
+        both go in one round trip (with the transaction's BEGIN): the server still runs
+        `sql`, and takes its snapshot, only once `first` has completed."""
+        if self.sqlite:
+            await self.execute(first, first_params)
+            return await self.execute(sql, params)
+        import psycopg  # PostgreSQL only
+
+        raw = (await self.conn.get_raw_connection()).driver_connection
+        try:
+            async with raw.pipeline() as pipeline, raw.cursor() as before, \
+                    raw.cursor() as cursor:
+                await before.execute(first.replace("?", "%s"), first_params)
+                await cursor.execute(sql.replace("?", "%s"), params)
+                await pipeline.sync()
+                return list(await cursor.fetchall())
+        except psycopg.Error as error:
+            raise sa.exc.DBAPIError.instance(sql, None, error, psycopg.Error,
+                                             hide_parameters=True) from error
 
 
 async def driver(session: AsyncSession) -> Driver:
