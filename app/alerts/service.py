@@ -121,9 +121,9 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     keys = sorted({g for g in groups if g})
     if db.sqlite:
         found = await db.execute(_OPEN_KEYS["sqlite"], (dumps(fps).decode(), dumps(keys).decode()))
-    else:  # the keys are read once the lock is held, in the lock's round trip
-        found = await db.execute_after("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,),
-                                       _OPEN_KEYS["postgresql"], (fps, keys))
+    else:
+        await db.execute("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,))
+        found = await db.execute(_OPEN_KEYS["postgresql"], (fps, keys))
     for kind, key, incident_id, state, severity in found:
         batch.keys[(kind, key)] = incident_id
         batch.targets[incident_id] = _Target(incident_id, state, severity)

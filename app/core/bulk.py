@@ -187,28 +187,6 @@ class Driver:
         rows: list[Any] = await self.conn.run_sync(_execute, sql, params)
         return rows
 
-    async def execute_after(self, first: str, first_params: Any, sql: str,
-                            params: Any) -> list[Any]:
-        """Run `first` (a lock, say), then `sql`, and return the rows of `sql`. On PostgreSQL
-        both go in one round trip (with the transaction's BEGIN): the server still runs
-        `sql`, and takes its snapshot, only once `first` has completed."""
-        if self.sqlite:
-            await self.execute(first, first_params)
-            return await self.execute(sql, params)
-        import psycopg  # PostgreSQL only
-
-        raw = (await self.conn.get_raw_connection()).driver_connection
-        try:
-            async with raw.pipeline() as pipeline, raw.cursor() as before, \
-                    raw.cursor() as cursor:
-                await before.execute(first.replace("?", "%s"), first_params)
-                await cursor.execute(sql.replace("?", "%s"), params)
-                await pipeline.sync()
-                return list(await cursor.fetchall())
-        except psycopg.Error as error:
-            raise sa.exc.DBAPIError.instance(sql, None, error, psycopg.Error,
-                                             hide_parameters=True) from error
-
 
 async def driver(session: AsyncSession) -> Driver:
     """The session's Driver, made once per transaction or savepoint: `session.connection()`
