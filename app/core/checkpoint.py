@@ -8,6 +8,8 @@ mode, which never holds writers up. Under continuous writes a passive checkpoint
 finds the WAL wholly copied, so the next writer never starts it afresh and the file would
 only grow: past RESTART_FRAMES a RESTART checkpoint (right after a passive one, so little is
 left to copy) holds writers off for that moment, and the WAL starts again from its beginning.
+A reader of an older snapshot (a long report) makes a RESTART wait, and writers with it: it
+gives up after BUSY_TIMEOUT_MS and backs off before trying again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from urllib.parse import quote
 
 log = logging.getLogger("crisisflow.db")
@@ -26,7 +29,13 @@ WRITER_AUTOCHECKPOINT = 16384
 # A WAL file longer than this (after a checkpoint) is cut back to it.
 JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 RESTART_FRAMES = 4096  # 16 MB of WAL not yet copied while writers keep coming
-BUSY_TIMEOUT_MS = 2000
+# How long a RESTART may hold writers off waiting for the current writer and for readers of
+# an older snapshot (a long report); past it, it gives up, and waits longer each time before
+# it tries again (up to MAX_BACKOFF_S), so a reader that lasts minutes costs writers a few
+# per cent of their time rather than all of it.
+BUSY_TIMEOUT_MS = 200
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 8.0
 
 
 class Checkpointer:
@@ -34,6 +43,8 @@ class Checkpointer:
         self.path = path
         self.interval = INTERVAL_S
         self.restart_frames = RESTART_FRAMES
+        self._backoff = 0.0
+        self._restart_after = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="crisisflow-checkpoint",
                                         daemon=True)
@@ -69,7 +80,13 @@ class Checkpointer:
         _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if frames <= 0:  # not in WAL mode yet, or nothing written since the last restart
             return
-        if frames >= self.restart_frames:
-            # Copied whole or not, a WAL that writers kept appending to is started afresh
-            # only by a restart: a writer finds it wholly copied only between commits.
-            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        if frames < self.restart_frames or time.monotonic() < self._restart_after:
+            return
+        # Copied whole or not, a WAL that writers kept appending to is started afresh only
+        # by a restart: a writer finds it wholly copied only between commits.
+        busy, _frames, _copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        if busy:
+            self._backoff = min(MAX_BACKOFF_S, self._backoff * 2 or FIRST_BACKOFF_S)
+            self._restart_after = time.monotonic() + self._backoff
+        else:
+            self._backoff = 0.0
