@@ -226,25 +226,31 @@ def test_a_read_past_its_budget_is_given_up_cleanly_whenever_it_is_stopped(
     assert quick is not None and quick[3] == [(2000,)]
 
 
-def test_the_wal_is_copied_off_the_commit_path_and_stays_bounded_under_nonstop_writes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writers leave checkpoints to the Checkpointer thread (their own starts only at 64 MB
-    of WAL). Under writes that never pause, a passive checkpoint never finds the WAL wholly
-    copied, so the thread must restart it, or it would grow until the writers' own
-    checkpoint stalled a commit. Nothing written is lost on the way."""
+def _scratch_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """A migrated database with a `scratch` table to fill, and a Checkpointer that looks
+    every 20 ms and restarts the WAL past 1 MB."""
     from app.core import checkpoint
 
     monkeypatch.setattr(checkpoint, "INTERVAL_S", 0.02)
-    monkeypatch.setattr(checkpoint, "RESTART_FRAMES", 256)  # 1 MB
+    monkeypatch.setattr(checkpoint, "RESTART_FRAMES", 256)
     path = tmp_path / "crisisflow.db"
     url = f"sqlite:///{path}"
     upgrade(url)
     setup = sqlite3.connect(path, isolation_level=None)
     setup.execute("CREATE TABLE scratch (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
     setup.close()
+    return path, url
+
+
+def test_the_wal_is_copied_off_the_commit_path_and_stays_bounded_under_nonstop_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers leave checkpoints to the Checkpointer thread (their own starts only at 64 MB
+    of WAL). Under writes that never pause, a passive checkpoint never finds the WAL wholly
+    copied, so the thread must restart it, or it would grow until the writers' own
+    checkpoint stalled a commit. Nothing written is lost on the way."""
+    path, url = _scratch_database(tmp_path, monkeypatch)
     body = "x" * 1000
     transactions, rows = 150, 1000  # ~150 MB through the WAL
-
     wal = f"{path}-wal"
 
     async def main() -> int:
@@ -282,15 +288,8 @@ def test_a_long_reader_does_not_stall_writers_behind_a_wal_restart(
     is started afresh again."""
     from app.core import checkpoint
 
-    monkeypatch.setattr(checkpoint, "INTERVAL_S", 0.02)
-    monkeypatch.setattr(checkpoint, "RESTART_FRAMES", 256)
+    path, url = _scratch_database(tmp_path, monkeypatch)
     monkeypatch.setattr(checkpoint, "FIRST_BACKOFF_S", 0.3)
-    path = tmp_path / "crisisflow.db"
-    url = f"sqlite:///{path}"
-    upgrade(url)
-    setup = sqlite3.connect(path, isolation_level=None)
-    setup.execute("CREATE TABLE scratch (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-    setup.close()
     insert = sa.text("INSERT INTO scratch (body) VALUES (:b)")
     rows = [{"b": "x" * 1000}] * 500
     wal = f"{path}-wal"
