@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -331,3 +332,45 @@ def test_a_long_reader_does_not_stall_writers_behind_a_wal_restart(
     assert max(took) < 0.5, max(took)
     assert 0 <= frames < 256, frames
     assert wal_size <= checkpoint.JOURNAL_SIZE_LIMIT
+
+
+def test_a_small_write_commits_on_the_loop_and_a_large_one_on_the_thread(
+        tmp_path: Path) -> None:
+    """An ingest group of a few dozen alerts commits without the two hand-offs to the
+    connection's thread (they cost more than its COMMIT); a batch that changed many rows,
+    whose COMMIT writes megabytes to the WAL, still commits there. Both are committed."""
+    from app.core import sqlite_driver
+
+    path = tmp_path / "crisisflow.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    setup = sqlite3.connect(path, isolation_level=None)
+    setup.execute("CREATE TABLE scratch (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+    setup.close()
+    insert = sa.text("INSERT INTO scratch (body) VALUES (:b)")
+
+    async def committed_on(db: Database, rows: int) -> str:
+        threads: list[int] = []
+        async with db.transaction() as session:
+            conn = await session.connection()
+            raw = (await conn.get_raw_connection()).dbapi_connection._connection._conn
+            raw.set_trace_callback(
+                lambda sql: threads.append(threading.get_ident()) if sql == "COMMIT" else None)
+            await session.execute(insert, [{"b": "x" * 100}] * rows)
+        raw.set_trace_callback(None)
+        return "loop" if threads == [threading.get_ident()] else "thread"
+
+    async def main() -> tuple[str, str]:
+        db = Database(url)
+        try:
+            small = await committed_on(db, sqlite_driver.INLINE_COMMIT_ROWS)
+            large = await committed_on(db, sqlite_driver.INLINE_COMMIT_ROWS + 1)
+        finally:
+            await db.dispose()
+        return small, large
+
+    assert asyncio.run(main()) == ("loop", "thread")
+    other = sqlite3.connect(path)
+    assert other.execute("SELECT count(*) FROM scratch").fetchone()[0] == \
+        2 * sqlite_driver.INLINE_COMMIT_ROWS + 1
+    other.close()

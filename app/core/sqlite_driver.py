@@ -95,6 +95,8 @@ async def _settled() -> None:
 _PROGRESS_STEPS = 1000
 _GIVE_UP = frozenset({sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_BUSY})
 BUSY_TIMEOUT_MS = 30000
+# A write transaction that changed at most this many rows commits on the caller's thread.
+INLINE_COMMIT_ROWS = 256
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -155,6 +157,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 self._store(_run(raw, operation, parameters, many))
                 await_(_settled())
                 return
+            if adapt.inline and operation == "BEGIN IMMEDIATE":
+                adapt.changes_at_begin = raw.total_changes
             if adapt.inline and operation == "BEGIN IMMEDIATE" and adapt.idle:
                 # Writers of this process queue on a lock (and those of others on a lock
                 # file) before they begin, so the write lock is nearly always free: taken
@@ -200,9 +204,10 @@ def _counted(adapt: OneTripConnection, fn: Callable[..., Any], *args: Any) -> An
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("begin_pending", "done", "inline", "read_budget", "sent")
+    __slots__ = ("begin_pending", "changes_at_begin", "done", "inline", "read_budget", "sent")
     _cursor_cls = OneTripCursor
     begin_pending: str | None
+    changes_at_begin: int  # SQLite's running count of changed rows when BEGIN IMMEDIATE ran
     inline: bool
     read_budget: float | None
     # Work handed to the connection's thread and work it finished, each written by one
@@ -243,6 +248,17 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         if self.begin_pending is not None:
             self.begin_pending = None
             return
+        raw = self._connection._connection
+        if self.inline and self.idle and raw is not None and raw.in_transaction \
+                and raw.total_changes - self.changes_at_begin <= INLINE_COMMIT_ROWS:
+            # A small write transaction (an ingest group of a few dozen alerts) commits here:
+            # its WAL pages take less than the two hand-offs to the thread and back, and
+            # the checkpoint that once made COMMIT slow runs on a thread of its own.
+            try:
+                raw.commit()
+            except Exception as error:
+                self._handle_exception(error)
+            return
         super().commit()
 
 
@@ -260,6 +276,7 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
         adapted.begin_pending = None
         adapted.read_budget = self.read_budget
         adapted.sent = adapted.done = 0
+        adapted.changes_at_begin = 0
         return adapted
 
 
@@ -270,7 +287,9 @@ def dbapi(*, inline_writes: bool = False, read_budget: float | None = None) -> O
     the engine whose transactions all begin IMMEDIATE (they hold the write lock, and SQLite
     in WAL mode answers them from memory and the page cache). BEGIN is tried here without
     waiting; when another program holds the write lock it is waited for on the connection's
-    thread. COMMIT, which may checkpoint, always goes there.
+    thread. COMMIT goes there too, unless the transaction changed at most INLINE_COMMIT_ROWS
+    rows: checkpoints run on a thread of their own (app.core.checkpoint), so a small COMMIT
+    only appends its pages to the WAL.
 
     `read_budget` (seconds): SELECTs run on the caller's thread too, up to that much of
     SQLite's time; one that takes longer (a search may take tens of milliseconds) or would
