@@ -335,18 +335,13 @@ def test_a_long_reader_does_not_stall_writers_behind_a_wal_restart(
 
 
 def test_a_small_write_commits_on_the_loop_and_a_large_one_on_the_thread(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An ingest group of a few dozen alerts commits without the two hand-offs to the
     connection's thread (they cost more than its COMMIT); a batch that changed many rows,
     whose COMMIT writes megabytes to the WAL, still commits there. Both are committed."""
     from app.core import sqlite_driver
 
-    path = tmp_path / "crisisflow.db"
-    url = f"sqlite:///{path}"
-    upgrade(url)
-    setup = sqlite3.connect(path, isolation_level=None)
-    setup.execute("CREATE TABLE scratch (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-    setup.close()
+    path, url = _scratch_database(tmp_path, monkeypatch)
     insert = sa.text("INSERT INTO scratch (body) VALUES (:b)")
 
     async def committed_on(db: Database, rows: int) -> str:
