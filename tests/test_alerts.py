@@ -1196,6 +1196,43 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
     assert fingerprints == ["hook", "ok-1", "ok-2"]
 
 
+def test_requests_a_turn_of_the_loop_apart_share_one_transaction(settings: Settings) -> None:
+    """The writer waits one turn of the event loop before taking its group: requests whose
+    bytes arrived together reach the queue a turn apart (each awaits its body first), and a
+    group of one pays a whole transaction; a third of a storm's groups were of one."""
+    import asyncio
+
+    from app.alerts.parsers import parse_generic
+    from app.alerts.writer import IngestWriter
+    from app.bootstrap import build_env, open_database
+
+    groups: list[int] = []
+
+    async def scenario() -> None:
+        db = open_database(settings)
+        writer = IngestWriter(db, build_env(settings), settings.group_by,
+                              settings.raw_alert_max_bytes,
+                              on_group=lambda group: groups.append(len(group)))
+        writer.start()
+
+        async def a_turn_later(n: int) -> Any:
+            await asyncio.sleep(0)
+            return await writer.submit(parse_generic(alert(fingerprint=f"later-{n}")), "m", "k")
+
+        try:
+            first = asyncio.create_task(
+                writer.submit(parse_generic(alert(fingerprint="first")), "m", "k"))
+            later = [asyncio.create_task(a_turn_later(n)) for n in range(5)]
+            for outcome in await asyncio.gather(first, *later):
+                assert outcome[0][0].status == "firing"
+        finally:
+            await writer.stop()
+            await db.dispose()
+
+    asyncio.run(scenario())
+    assert groups == [6]
+
+
 # -- the ingestion routes outside FastAPI's routing (app.alerts.fastpath) --------------------
 
 def test_ingestion_keeps_every_layer_around_it(client: TestClient,
