@@ -192,7 +192,7 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
     if cap_status != "Actual" or alert.msg_type in IGNORED_CAP_TYPES:
         row["status"] = "ignored"
         rows.append(row)
-        return _result(alert_id=row["id"], incident_id=None, deduplicated=False,
+        return Outcome(alert_id=row["id"], incident_id=None, deduplicated=False,
                        status="ignored")
     if alert.status == "resolved":
         return await _resolve(session, ctx, batch, alert, row, rows)
@@ -212,13 +212,8 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
     row["incident_id"] = incident_id
     row["deduplicated"] = deduplicated
     rows.append(row)
-    return _result(alert_id=row["id"], incident_id=incident_id, deduplicated=deduplicated,
+    return Outcome(alert_id=row["id"], incident_id=incident_id, deduplicated=deduplicated,
                    status="firing")
-
-
-def _result(*, alert_id: str, incident_id: str | None, deduplicated: bool,
-            status: str) -> Outcome:
-    return Outcome(alert_id, incident_id, deduplicated, status)
 
 
 def _open_incident(ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
@@ -327,7 +322,7 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
     if incident_id is None:
         # Nothing open to resolve: keep the message for audit only.
         rows.append(row)
-        return _result(alert_id=row["id"], incident_id=None, deduplicated=False,
+        return Outcome(alert_id=row["id"], incident_id=None, deduplicated=False,
                        status="resolved")
     target = batch.targets[incident_id]
     ids: list[str] = []
@@ -364,7 +359,7 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
     if not ids:
         row["incident_id"], row["status"] = incident_id, "resolved"
         rows.append(row)
-    return _result(alert_id=alert_id, incident_id=incident_id, deduplicated=True,
+    return Outcome(alert_id=alert_id, incident_id=incident_id, deduplicated=True,
                    status="resolved")
 
 

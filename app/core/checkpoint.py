@@ -41,8 +41,6 @@ MAX_BACKOFF_S = 8.0
 class Checkpointer:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.interval = INTERVAL_S
-        self.restart_frames = RESTART_FRAMES
         self._backoff = 0.0
         self._restart_after = 0.0
         self._stop = threading.Event()
@@ -57,7 +55,7 @@ class Checkpointer:
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         try:
-            while not self._stop.wait(self.interval):
+            while not self._stop.wait(INTERVAL_S):
                 try:
                     if conn is None:
                         # mode=rw: never create the file (migrations do).
@@ -78,9 +76,8 @@ class Checkpointer:
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if frames <= 0:  # not in WAL mode yet, or nothing written since the last restart
-            return
-        if frames < self.restart_frames or time.monotonic() < self._restart_after:
+        # frames is -1 before the file is in WAL mode, and small after a restart.
+        if frames < RESTART_FRAMES or time.monotonic() < self._restart_after:
             return
         # Copied whole or not, a WAL that writers kept appending to is started afresh only
         # by a restart: a writer finds it wholly copied only between commits.

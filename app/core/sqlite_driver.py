@@ -159,11 +159,10 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
                 return
             if adapt.inline and operation == "BEGIN IMMEDIATE":
                 adapt.changes_at_begin = raw.total_changes
-            if adapt.inline and operation == "BEGIN IMMEDIATE" and adapt.idle:
                 # Writers of this process queue on a lock (and those of others on a lock
                 # file) before they begin, so the write lock is nearly always free: taken
                 # here, or, when another program holds it, waited for on the thread.
-                outcome = _run_or_give_up(raw, operation, parameters)
+                outcome = _run_or_give_up(raw, operation, parameters) if adapt.idle else None
                 if outcome is not None:
                     self._store(outcome)
                     await_(_settled())
