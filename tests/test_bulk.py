@@ -95,8 +95,9 @@ def test_driver_inserts_store_what_the_orm_stores(client: TestClient, backend: s
 
 def test_events_are_numbered_in_list_order_and_conflicts_raise_as_usual(
         client: TestClient, backend: str) -> None:
-    """Events go in with multi-row INSERT ... RETURNING, several statements for a long list:
-    their sequence numbers still follow the list, they read back as the ORM wrote them, and a
+    """Events go in with INSERT ... RETURNING (multi-row VALUES, several statements for a
+    long list, on SQLite; one JSON document on PostgreSQL): their sequence numbers still
+    follow the list, they read back as the ORM wrote them, and a
     duplicate dedup key is SQLAlchemy's IntegrityError on both databases (rolled back whole)."""
     from app.core.bulk import RETURNING_CHUNK
     from app.notifications.models import Event
