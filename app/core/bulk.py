@@ -192,6 +192,10 @@ class Driver:
         self._qmark = conn.dialect.paramstyle == "qmark"
         self._time = _time_processor(conn.dialect)
         self._raw = _inline_sqlite(conn) if self.sqlite else None
+        # psycopg's own connection: SQLAlchemy's execution context around each statement
+        # cost as much as psycopg itself. The transaction is the same (psycopg opens it at
+        # the first statement either way; SQLAlchemy commits or rolls back the connection).
+        self._pg = None if self.sqlite else conn.sync_connection.connection.driver_connection
         self._info = info if info is not None else {}
 
     def time(self, value: datetime) -> Any:
@@ -213,16 +217,36 @@ class Driver:
                 cursor = (self._raw.executemany(sql, params) if isinstance(params, list)
                           else self._raw.execute(sql, params))
             except sqlite3.Error as error:
-                # As SQLAlchemy raises it: callers tell a conflict (IntegrityError) or a lost
-                # database (OperationalError) by SQLAlchemy's classes.
-                raise sa.exc.DBAPIError.instance(sql, params, error, sqlite3.Error,
-                                                 hide_parameters=True) from error
+                raise _as_sqlalchemy(error, sql, sqlite3.Error) from error
             try:
                 return cursor.fetchall() if cursor.description else []
             finally:
                 cursor.close()
+        if self._pg is not None:
+            return await _pg_execute(self._pg, sql, params)
         rows: list[Any] = await self.conn.run_sync(_execute, sql, params)
         return rows
+
+
+async def _pg_execute(raw: Any, sql: str, params: Any) -> list[Any]:
+    import psycopg  # PostgreSQL only
+
+    try:
+        async with raw.cursor() as cursor:
+            if isinstance(params, list):
+                await cursor.executemany(sql, params)
+                return []
+            await cursor.execute(sql, params)
+            return await cursor.fetchall() if cursor.description else []  # type: ignore[no-any-return]
+    except psycopg.Error as error:
+        raise _as_sqlalchemy(error, sql, psycopg.Error) from error
+
+
+def _as_sqlalchemy(error: Exception, sql: str | None, base: type[Exception]
+                   ) -> sa.exc.StatementError:
+    """A driver error as SQLAlchemy raises it: callers tell a conflict (IntegrityError) or a
+    lost database (OperationalError) by SQLAlchemy's classes."""
+    return sa.exc.DBAPIError.instance(sql, None, error, base, hide_parameters=True)
 
 
 async def driver(session: AsyncSession) -> Driver:
@@ -281,7 +305,5 @@ async def _send(raw: Any, held: list[tuple[str, Any]]) -> None:
                 else:
                     await cursor.execute(sql, params)
     except psycopg.Error as error:
-        # As SQLAlchemy raises it (a conflict is an IntegrityError, a lost server an
-        # OperationalError); which statement failed, a pipeline does not say exactly.
-        raise sa.exc.DBAPIError.instance(sql, None, error, psycopg.Error,
-                                         hide_parameters=True) from error
+        # Which statement failed, a pipeline does not say exactly.
+        raise _as_sqlalchemy(error, sql, psycopg.Error) from error
