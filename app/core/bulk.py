@@ -128,6 +128,78 @@ def _check_document_columns(table: sa.Table, columns: list[sa.Column[Any]]) -> N
                 raise TypeError(f"{table.name}.{column.key}: enum names differ from values")
 
 
+async def update_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row],
+                      key: str = "id") -> None:
+    """Set columns of rows found by `key`: each row holds the key and the columns to set
+    (values as the ORM holds them); rows setting the same columns share one executemany."""
+    if not rows:
+        return
+    db = await driver(session)
+    by_columns: dict[tuple[str, ...], list[Row]] = {}
+    for row in rows:
+        by_columns.setdefault(tuple(k for k in row if k != key), []).append(row)
+    for columns, same in by_columns.items():
+        sql, params = _update_plan(table, db.conn.dialect, columns, key)
+        await db.execute(sql, list(map(params, same)), wait=False)
+
+
+_update_plans: dict[tuple[str, str, tuple[str, ...], str],
+                    tuple[str, Callable[[Row], tuple[Any, ...]]]] = {}
+
+
+def _update_plan(table: sa.Table, dialect: Dialect, columns: tuple[str, ...], key: str
+                 ) -> tuple[str, Callable[[Row], tuple[Any, ...]]]:
+    plan_key = (table.name, dialect.name, columns, key)
+    plan = _update_plans.get(plan_key)
+    if plan is None:
+        quote = dialect.identifier_preparer
+        sets = ", ".join(f"{quote.format_column(table.c[c])} = ?" for c in columns)
+        plan = (f"UPDATE {quote.format_table(table)} SET {sets} "
+                f"WHERE {quote.format_column(table.c[key])} = ?",
+                _row_function([(c, _processor(table.c[c], dialect)) for c in (*columns, key)]))
+        _update_plans[plan_key] = plan
+    return plan
+
+
+# `column IN list`, with the whole list as one parameter (`Driver.listed`): SQLAlchemy's
+# expanding IN costs more per value than the lookup itself.
+IN_LIST = {"sqlite": "IN (SELECT value FROM json_each(?))", "postgresql": "= ANY(?)"}
+
+
+async def select_rows(session: AsyncSession, table: sa.Table, where: str, params: tuple[Any, ...],
+                      tail: str = "") -> list[Row]:
+    """Whole rows of `table` as the ORM reads them (each column's own result processing),
+    through the driver: `where` and `tail` (ORDER BY, FOR UPDATE...) are written with `?`
+    marks and `IN_LIST`."""
+    db = await driver(session)
+    sql, convert = _select_plan(table, db.conn.dialect)
+    return list(map(convert, await db.execute(f"{sql}{where}{tail}", params)))
+
+
+_select_plans: dict[tuple[str, int], tuple[str, Callable[[Any], Row]]] = {}
+
+
+def _select_plan(table: sa.Table, dialect: Dialect) -> tuple[str, Callable[[Any], Row]]:
+    key = (table.name, id(dialect))  # the engine's dialect: it holds the JSON deserializer
+    plan = _select_plans.get(key)
+    if plan is None:
+        quote = dialect.identifier_preparer
+        processors: dict[str, Any] = {}
+        values = []
+        for i, column in enumerate(table.columns):
+            processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if processor is None:
+                values.append(f"{column.key!r}: r[{i}]")
+            else:
+                processors[f"p{i}"] = processor
+                values.append(f"{column.key!r}: None if r[{i}] is None else p{i}(r[{i}])")
+        convert = eval(f"lambda r: {{{', '.join(values)}}}", processors)
+        plan = (f"SELECT {', '.join(quote.format_column(c) for c in table.columns)} "
+                f"FROM {quote.format_table(table)} WHERE ", convert)
+        _select_plans[key] = plan
+    return plan
+
+
 # Rows per multi-row INSERT ... RETURNING: well inside SQLite's limit of 32,766 parameters.
 RETURNING_CHUNK = 500
 
@@ -201,6 +273,10 @@ class Driver:
     def time(self, value: datetime) -> Any:
         """A datetime as the UTC columns store it."""
         return self._time(value)
+
+    def listed(self, values: list[Any]) -> Any:
+        """`values` as the one parameter of an `IN_LIST`."""
+        return JSON_CODEC["json_serializer"](values) if self.sqlite else values
 
     async def execute(self, sql: str, params: Any, *, wait: bool = True) -> list[Any]:
         """`params`: one tuple, or a list of tuples (executemany). `wait=False`: the caller
