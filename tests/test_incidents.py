@@ -400,6 +400,21 @@ def test_bad_transition_payloads_are_422(client: TestClient, duty: Headers) -> N
     assert get_incident(client, duty, inc["id"])["version"] == 1
 
 
+def test_a_nul_character_postgresql_cannot_hold_is_a_422_not_a_500(
+        client: TestClient, duty: Headers, backend: str) -> None:
+    """The new incident's rows go in as one JSON document on PostgreSQL, which refuses
+    `\u0000` in text: the client hears a validation problem and nothing is stored. SQLite
+    holds the character, so there the incident is simply created."""
+    resp = client.post(f"{API}/incidents", json={"title": "Tin giả\u0000về học phí"},
+                       headers=duty)
+    if backend == "postgresql":
+        assert_problem(resp, 422, "/problems/validation")
+        assert client.get(f"{API}/incidents", headers=duty).json()["items"] == []
+    else:
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["title"] == "Tin giả\u0000về học phí"
+
+
 # -- 3. task-force proposals ------------------------------------------------------------
 
 def test_proposal_sets_lead_agency_only_when_unset(client: TestClient, duty: Headers) -> None:
