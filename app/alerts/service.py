@@ -35,11 +35,11 @@ from app.incidents import timeline
 from app.incidents.models import Incident, IncidentCreate, Severity, State, TimelineEntry
 from workflows.registry import SEVERITY_RANK
 
+Row = dict[str, Any]
 IGNORED_CAP_TYPES = {"Ack", "Error"}
 # Serialises alert ingestion across API processes on PostgreSQL, so two processes never
 # both open an incident for one new fingerprint. (SQLite has one writer anyway.)
 INGEST_LOCK_ID = 0x0C415E
-Row = dict[str, Any]
 # incident.group_key holds 200 characters; longer keys are stored as a digest.
 MAX_GROUP_KEY = 200
 
@@ -206,7 +206,6 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
     return results
 
 
-
 async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
                group: str | None, rows: list[Row]) -> Outcome:
     # Plain dicts, inserted in one executemany at the end: far cheaper than ORM objects.
@@ -329,12 +328,21 @@ async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Bat
         return
     db = await driver(session)
     now = db.time(ctx.now)
-    await db.execute(_COUNT_ATTACHED, [(n, now, now, incident_id) for incident_id, n in counts],
-                     wait=False)
+    if db.sqlite:
+        await db.execute(_COUNT_ATTACHED, [(n, now, now, incident_id) for incident_id, n in counts],
+                         wait=False)
+        return
+    # One statement over a JSON list: an executemany is a statement per incident, which
+    # psycopg adapts and the server plans one by one.
+    await db.execute(_COUNT_ATTACHED_PG, (now, now, dumps(counts).decode()), wait=False)
 
 
 _COUNT_ATTACHED = ("UPDATE incident SET alert_count = alert_count + ?, last_alert_at = ?, "
                    "first_alert_at = coalesce(first_alert_at, ?) WHERE id = ?")
+_COUNT_ATTACHED_PG = ("UPDATE incident AS i SET alert_count = i.alert_count + c.n, "
+                      "last_alert_at = ?, first_alert_at = coalesce(i.first_alert_at, ?) "
+                      "FROM (SELECT e->>0 AS id, (e->>1)::integer AS n "
+                      "FROM json_array_elements(?::json) AS e) AS c WHERE i.id = c.id")
 
 
 async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,

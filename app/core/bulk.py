@@ -176,11 +176,12 @@ async def select_rows(session: AsyncSession, table: sa.Table, where: str, params
     return list(map(convert, await db.execute(f"{sql}{where}{tail}", params)))
 
 
-_select_plans: dict[tuple[str, int], tuple[str, Callable[[Any], Row]]] = {}
+_select_plans: dict[tuple[str, str], tuple[str, Callable[[Any], Row]]] = {}
 
 
 def _select_plan(table: sa.Table, dialect: Dialect) -> tuple[str, Callable[[Any], Row]]:
-    key = (table.name, id(dialect))  # the engine's dialect: it holds the JSON deserializer
+    # Per dialect name, like the insert plans: every engine here decodes JSON alike.
+    key = (table.name, dialect.name)
     plan = _select_plans.get(key)
     if plan is None:
         quote = dialect.identifier_preparer
@@ -276,7 +277,7 @@ class Driver:
 
     def listed(self, values: list[Any]) -> Any:
         """`values` as the one parameter of an `IN_LIST`."""
-        return JSON_CODEC["json_serializer"](values) if self.sqlite else values
+        return _DOCUMENT(values) if self.sqlite else values
 
     async def execute(self, sql: str, params: Any, *, wait: bool = True) -> list[Any]:
         """`params`: one tuple, or a list of tuples (executemany). `wait=False`: the caller
