@@ -144,21 +144,20 @@ async def _lock(session: AsyncSession, batch: _Batch, ids: list[str]) -> None:
     if not missing:
         return
     db = await driver(session)
-    in_list = IN_LIST[db.conn.dialect.name]
+    in_list, listed = IN_LIST[db.conn.dialect.name], (db.listed(missing),)
     locking = "" if db.sqlite else " FOR UPDATE"
-    for row in await select_rows(session, table_of(Incident), f"id {in_list}",
-                                 (db.listed(missing),), f" ORDER BY id{locking}"):
+    for row in await select_rows(session, table_of(Incident), f"id {in_list}", listed,
+                                 f" ORDER BY id{locking}"):
         batch.locked[row["id"]] = _read(batch, Incident, row)
         batch.clocks[row["id"]] = []
     for row in await select_rows(session, table_of(Deadline),
-                                 f"incident_id {in_list} AND met_at IS NULL",
-                                 (db.listed(missing),)):
+                                 f"incident_id {in_list} AND met_at IS NULL", listed):
         batch.clocks[row["incident_id"]].append(_read(batch, Deadline, row))
 
 
 def _read(batch: _Batch, model: type[M], row: Row) -> M:
-    obj = unvalidated(model, row)
-    batch.read_as[id(obj)] = dict(row)
+    obj = unvalidated(model, row)  # copies `row`, which stays as it was read
+    batch.read_as[id(obj)] = row
     return obj
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Dialect
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import JSON_CODEC
+from app.core.rawrows import row_function
 from app.core.types import UTCDateTime
 
 Row = dict[str, Any]
@@ -77,10 +78,10 @@ def _plan(table: sa.Table, dialect: Dialect, suffix: str, omit: tuple[str, ...] 
         head = (f"INSERT INTO {quote.format_table(table)} "
                 f"({', '.join(quote.format_column(c) for c in columns)}) VALUES ")
         marks = f"({', '.join(['?'] * len(columns))})"
-        names = ", ".join(f"r.{quote.format_column(c)}" for c in columns)
         document = ""
         if dialect.name == "postgresql":
             _check_document_columns(table, columns)
+            names = ", ".join(f"r.{quote.format_column(c)}" for c in columns)
             document = (f"{head[:-len('VALUES ')]}SELECT {names} FROM json_populate_recordset("
                         f"NULL::{quote.format_table(table)}, ?::json) WITH ORDINALITY AS r "
                         f"ORDER BY r.ordinality{suffix}")
@@ -185,16 +186,11 @@ def _select_plan(table: sa.Table, dialect: Dialect) -> tuple[str, Callable[[Any]
     plan = _select_plans.get(key)
     if plan is None:
         quote = dialect.identifier_preparer
-        processors: dict[str, Any] = {}
-        values = []
-        for i, column in enumerate(table.columns):
-            processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
-            if processor is None:
-                values.append(f"{column.key!r}: r[{i}]")
-            else:
-                processors[f"p{i}"] = processor
-                values.append(f"{column.key!r}: None if r[{i}] is None else p{i}(r[{i}])")
-        convert = eval(f"lambda r: {{{', '.join(values)}}}", processors)
+        processors = [(i, column.type.dialect_impl(dialect).result_processor(dialect, None))
+                      for i, column in enumerate(table.columns)]
+        convert = row_function([c.key for c in table.columns],
+                               [(i, p) for i, p in processors if p is not None],
+                               skip_none=True)
         plan = (f"SELECT {', '.join(quote.format_column(c) for c in table.columns)} "
                 f"FROM {quote.format_table(table)} WHERE ", convert)
         _select_plans[key] = plan

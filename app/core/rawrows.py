@@ -56,25 +56,28 @@ def _boolean(value: Any) -> bool | None:
 
 @dataclass(frozen=True)
 class RawColumns:
-    """The select list for `names` of `table`, and how each raw value becomes JSON."""
+    """The select list for some columns of a table, and how a raw row becomes JSON."""
 
-    names: tuple[str, ...]
     selected: tuple[Any, ...]
-    converters: tuple[tuple[int, Convert], ...]
-    # `lambda r: {"id": r[0], "created_at": c3(r[3]), ...}`, written out once: a loop over
-    # the columns of every row was most of a listing's CPU after SQLite's own work.
     row: Callable[[Sequence[Any]], dict[str, Any]]
 
     def rows(self, result: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         return list(map(self.row, result))
 
 
-def _row_function(names: tuple[str, ...], converters: list[tuple[int, Convert]]
-                  ) -> Callable[[Sequence[Any]], dict[str, Any]]:
+def row_function(names: Sequence[str], converters: Sequence[tuple[int, Convert]], *,
+                 skip_none: bool = False) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """`lambda r: {"id": r[0], "created_at": c3(r[3]), ...}`, written out once per column
+    list: a loop over the columns of every row was most of a listing's CPU after SQLite's
+    own work. `skip_none`: None is kept as it is rather than given to its converter."""
     by_index = dict(converters)
     scope = {f"c{i}": convert for i, convert in by_index.items()}
-    items = [f"{name!r}: c{i}(r[{i}])" if i in by_index else f"{name!r}: r[{i}]"
-             for i, name in enumerate(names)]
+    items = []
+    for i, name in enumerate(names):
+        value = f"r[{i}]"
+        if i in by_index:
+            value = f"None if r[{i}] is None else c{i}(r[{i}])" if skip_none else f"c{i}(r[{i}])"
+        items.append(f"{name!r}: {value}")
     return eval(f"lambda r: {{{', '.join(items)}}}", scope)  # type: ignore[no-any-return]
 
 
@@ -103,5 +106,4 @@ def raw_columns(table: sa.Table, names: tuple[str, ...], dialect: str) -> RawCol
         selected.append(expr.label(name) if expr is not column else column)
         if convert is not None:
             converters.append((index, convert))
-    return RawColumns(names, tuple(selected), tuple(converters),
-                      _row_function(names, converters))
+    return RawColumns(tuple(selected), row_function(names, converters))
