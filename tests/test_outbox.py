@@ -227,7 +227,10 @@ def test_receiver_answers_decide_retry(client: TestClient, admin: dict[str, str]
     assert n["status"] == expect_status
     assert n["last_status_code"] == status and n["attempt_count"] == 1
     if retry_in:
-        wait = (datetime.fromisoformat(n["next_attempt_at"]) - clock.now()).total_seconds()
+        # Measured from the attempt, not from now: a slow machine spends part of the wait
+        # between the attempt and this line.
+        attempted = datetime.fromisoformat(n["attempts"][-1]["at"])
+        wait = (datetime.fromisoformat(n["next_attempt_at"]) - attempted).total_seconds()
         assert retry_in[0] <= wait <= retry_in[1]
         receiver.set_response(200)
         clock.advance(timedelta(seconds=retry_in[1] + 1))
