@@ -331,17 +331,20 @@ async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Bat
         await db.execute(_COUNT_ATTACHED, [(n, now, now, incident_id) for incident_id, n in counts],
                          wait=False)
         return
-    # One statement over a JSON list: an executemany is a statement per incident, which
+    # One statement over two arrays: an executemany is a statement per incident, which
     # psycopg adapts and the server plans one by one.
-    await db.execute(_COUNT_ATTACHED_PG, (now, now, dumps(counts).decode()), wait=False)
+    ids, added = zip(*counts, strict=True)
+    await db.execute(_COUNT_ATTACHED_PG, (now, now, list(ids), list(added)), wait=False)
 
 
 _COUNT_ATTACHED = ("UPDATE incident SET alert_count = alert_count + ?, last_alert_at = ?, "
                    "first_alert_at = coalesce(first_alert_at, ?) WHERE id = ?")
+# Arrays, not a JSON list: the planner knows an array's length, but takes any JSON list for
+# 100 rows and then prefers a hash join over a scan of the whole incident table (2 ms a group
+# at 2,000 incidents) to 100 lookups by primary key.
 _COUNT_ATTACHED_PG = ("UPDATE incident AS i SET alert_count = i.alert_count + c.n, "
                       "last_alert_at = ?, first_alert_at = coalesce(i.first_alert_at, ?) "
-                      "FROM (SELECT e->>0 AS id, (e->>1)::integer AS n "
-                      "FROM json_array_elements(?::json) AS e) AS c WHERE i.id = c.id")
+                      "FROM unnest(?::text[], ?::integer[]) AS c(id, n) WHERE i.id = c.id")
 
 
 async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
