@@ -101,10 +101,7 @@ def serve(
         typer.echo(f"seeded the agency directory with {seeded} agencies", err=True)
     factory = "app.asgi:app_with_worker" if not no_worker else "app.asgi:app_without_worker"
     ingest = None
-    # Opt-in: it raised single-alert ingest throughput, but with the worker writing from the
-    # API process, escalation latency at 100 alerts/s became erratic (seconds) in the
-    # benchmark on both databases.
-    if settings.ingest_process:
+    if settings.uses_ingest_process:
         from app.alerts.remote import IngestProcess
 
         ingest = IngestProcess()

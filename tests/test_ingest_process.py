@@ -5,6 +5,7 @@ process is replaced without losing or inventing anything."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -58,10 +59,16 @@ def _ingest_pid(serve: subprocess.Popen[bytes]) -> int | None:
 
 @pytest.fixture
 def served(db_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
     # A slow poll: only the ingest process's "events committed" signal can deliver promptly.
-    serve = subprocess.Popen([CRISISFLOW, "serve", "--port", str(port)],
-                             env=_env(db_url, CRISISFLOW_WORKER_POLL_SECONDS="10"),
+    with _serve(_env(db_url, CRISISFLOW_WORKER_POLL_SECONDS="10"), tmp_path) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _serve(env: dict[str, str], tmp_path: Path
+           ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    serve = subprocess.Popen([CRISISFLOW, "serve", "--port", str(port)], env=env,
                              stdout=(tmp_path / "serve.log").open("ab"),
                              stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -82,6 +89,23 @@ def served(db_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes
         except subprocess.TimeoutExpired:
             serve.kill()
             raise
+
+
+@pytest.mark.parametrize("setting", [None, "false"])
+def test_the_ingest_process_is_the_default_on_postgresql_only(
+        db_url: str, tmp_path: Path, setting: str | None) -> None:
+    env = _env(db_url)
+    if setting is None:
+        del env["CRISISFLOW_INGEST_PROCESS"]
+    else:
+        env["CRISISFLOW_INGEST_PROCESS"] = setting
+    monitor = _key(db_url, "monitor")
+    with _serve(env, tmp_path) as (serve, base):
+        posted = httpx.post(base + "/api/v1/alerts", headers=monitor, timeout=30,
+                            json=_alert("fp-default", "gia-dien"))
+        assert posted.status_code == 202, posted.text
+        expected = setting is None and db_url.startswith("postgresql")
+        assert (_ingest_pid(serve) is not None) is expected
 
 
 def _alert(fingerprint: str, topic: str) -> dict[str, Any]:

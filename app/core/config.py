@@ -39,9 +39,10 @@ class Settings(BaseSettings):
     alert_group_by: str = Field("topic", description="Comma-separated grouping labels")
     ingest_rate_limit: float = Field(5000.0, ge=0, description="Alerts/s per key; 0 turns off")
     ingest_burst: int = Field(10000, ge=1, description="Token-bucket burst per key")
-    ingest_process: bool = Field(
-        False, description="`serve` writes alerts in a process of its own beside the API "
-                           "processes (false: in each API process)")
+    ingest_process: bool | None = Field(
+        None, description="`serve` writes alerts in a process of its own beside the API "
+                          "processes (false: in each API process; unset: on PostgreSQL "
+                          "only)")
     ingest_socket: str | None = Field(
         None, description="Set by `serve` for its API processes: the ingest process's socket")
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
@@ -126,6 +127,14 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def uses_ingest_process(self) -> bool:
+        # On PostgreSQL the writer spends much of each group waiting for the server; in a
+        # process of its own that wait no longer stalls HTTP parsing (single-alert ingest
+        # 0.26x -> 0.40x of the bare baseline on a 2-core EPYC). SQLite has no such wait,
+        # and its arrays of 1,000 alerts were slower through the extra process.
+        return self.ingest_process if self.ingest_process is not None else not self.is_sqlite
 
 
 class SettingsError(Exception):
