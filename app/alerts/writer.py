@@ -143,7 +143,7 @@ class IngestWriter:
                 else:
                     fresh.append(request)
             if fresh and not alone:
-                outcomes.update(await self._ingest(session, fresh))
+                outcomes.update(await self._ingest(session, fresh, last=True))
             for request in fresh if alone else []:
                 try:
                     async with session.begin_nested():
@@ -175,7 +175,10 @@ class IngestWriter:
             self._agencies_at = time.monotonic()
         return self._agency_codes
 
-    async def _ingest(self, session: Any, requests: list[_Request]) -> dict[int, Any]:
+    async def _ingest(self, session: Any, requests: list[_Request], *, last: bool = False
+                      ) -> dict[int, Any]:
+        """`last`: nothing follows in the transaction, so without webhook receipts to store
+        its COMMIT goes with the group's held statements."""
         now = utcnow()
         alerts: list[ParsedAlert] = []
         origins: list[tuple[str, str | None]] = []
@@ -185,7 +188,9 @@ class IngestWriter:
         ctx = service.IngestContext(env=self.env, group_by=self.group_by,
                                     raw_max_bytes=self.raw_max_bytes, actor="", key_id=None,
                                     now=now, known_agencies=await self._agencies(session))
-        async with pipelined(session):  # errors surface here, inside a request's savepoint
+        commit = last and all(r.webhook_id is None for r in requests)
+        # Errors surface here, inside a request's savepoint.
+        async with pipelined(session, commit=commit):
             results = await service.ingest(session, ctx, alerts, origins)
         out: dict[int, Any] = {}
         start = 0

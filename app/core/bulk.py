@@ -301,6 +301,33 @@ class Driver:
         return rows
 
 
+    async def execute_all(self, statements: list[tuple[str, Any]]) -> list[list[Any]]:
+        """Each statement's rows, in order: on PostgreSQL in one pipeline, so together (and
+        with the BEGIN that opens the transaction) they cost one round trip."""
+        if self._pg is None:
+            return [await self.execute(sql, params) for sql, params in statements]
+        if not self._qmark:
+            statements = [(sql.replace("?", "%s"), params) for sql, params in statements]
+        return await _pg_execute_all(self._pg, statements)
+
+
+async def _pg_execute_all(raw: Any, statements: list[tuple[str, Any]]) -> list[list[Any]]:
+    import psycopg  # PostgreSQL only
+
+    cursors = [raw.cursor() for _ in statements]
+    sql: str | None = None
+    try:
+        async with raw.pipeline():
+            for cursor, (sql, params) in zip(cursors, statements, strict=True):
+                await cursor.execute(sql, params)
+        return [await c.fetchall() if c.description else [] for c in cursors]
+    except psycopg.Error as error:
+        raise _as_sqlalchemy(error, sql, psycopg.Error) from error
+    finally:
+        for cursor in cursors:
+            await cursor.close()
+
+
 async def _pg_execute(raw: Any, sql: str, params: Any) -> list[Any]:
     import psycopg  # PostgreSQL only
 
@@ -342,14 +369,18 @@ _DRIVER = "driver"
 
 
 @contextlib.asynccontextmanager
-async def pipelined(session: AsyncSession) -> AsyncIterator[None]:
+async def pipelined(session: AsyncSession, *, commit: bool = False) -> AsyncIterator[None]:
     """On PostgreSQL, the driver's statements whose results nobody reads (inserts, counter
     updates) are held back and sent together at the end of the block, in one pipeline: an
     ingest group's dozen statements then cost one round trip instead of a dozen. Statements
     that return something still run at once, before the held ones, so the block must not
     read (or depend on, through a foreign key) what it has written through the driver. If
     the block fails, nothing held is sent. On SQLite, where statements cost no round trip,
-    this does nothing."""
+    this does nothing.
+
+    `commit=True`: the transaction's COMMIT travels in the same pipeline (a round trip
+    less); the caller's own commit then finds nothing to do, so nothing may be written
+    after the block, and the block must leave no ORM changes unflushed."""
     bind = session.bind
     if bind is None or bind.dialect.name != "postgresql" or _PIPELINE in session.info:
         yield
@@ -361,12 +392,15 @@ async def pipelined(session: AsyncSession) -> AsyncIterator[None]:
         yield
     finally:
         del session.info[_PIPELINE]
-    if held:
+    commit = commit and not session.sync_session.in_nested_transaction()
+    if commit and (session.new or session.dirty or session.deleted):
+        raise RuntimeError("pipelined(commit=True) with unflushed ORM changes")
+    if held or commit:
         raw = (await conn.get_raw_connection()).driver_connection
-        await _send(raw, held)
+        await _send(raw, held, commit)
 
 
-async def _send(raw: Any, held: list[tuple[str, Any]]) -> None:
+async def _send(raw: Any, held: list[tuple[str, Any]], commit: bool) -> None:
     import psycopg  # PostgreSQL only
 
     sql: str | None = None
@@ -377,6 +411,9 @@ async def _send(raw: Any, held: list[tuple[str, Any]]) -> None:
                     await cursor.executemany(sql, params)
                 else:
                     await cursor.execute(sql, params)
+            if commit:
+                sql = "COMMIT"
+                await raw.commit()
     except psycopg.Error as error:
         # Which statement failed, a pipeline does not say exactly.
         raise _as_sqlalchemy(error, sql, psycopg.Error) from error
