@@ -124,7 +124,8 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     db = await driver(session)
     fps = sorted({a.fingerprint for a in alerts} | {r for a in alerts for r in a.references})
     keys = sorted({g for g in groups if g})
-    statements = [(_OPEN_KEYS[db.conn.dialect.name], (db.listed(fps), db.listed(keys)))]
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        (_OPEN_KEYS[db.conn.dialect.name], (db.listed(fps), db.listed(keys)))]
     if not db.sqlite:
         statements.insert(0, ("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,)))
     found = (await db.execute_all(statements))[-1]
