@@ -148,12 +148,14 @@ async def _lock(session: AsyncSession, batch: _Batch, ids: list[str]) -> None:
     db = await driver(session)
     in_list, listed = IN_LIST[db.conn.dialect.name], (db.listed(missing),)
     locking = "" if db.sqlite else " FOR UPDATE"
-    for row in await select_rows(session, table_of(Incident), f"id {in_list}", listed,
-                                 f" ORDER BY id{locking}"):
+    # In one round trip: the clocks' query runs after the rows are locked.
+    locked, clocks = await select_rows(session, [
+        (table_of(Incident), f"id {in_list}", listed, f" ORDER BY id{locking}"),
+        (table_of(Deadline), f"incident_id {in_list} AND met_at IS NULL", listed, "")])
+    for row in locked:
         batch.locked[row["id"]] = _read(batch, Incident, row)
         batch.clocks[row["id"]] = []
-    for row in await select_rows(session, table_of(Deadline),
-                                 f"incident_id {in_list} AND met_at IS NULL", listed):
+    for row in clocks:
         batch.clocks[row["incident_id"]].append(_read(batch, Deadline, row))
 
 

@@ -93,13 +93,14 @@ def _plan(table: sa.Table, dialect: Dialect, suffix: str, omit: tuple[str, ...] 
 
 
 async def insert_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row],
-                      suffix: str = "") -> None:
-    """Insert `rows` (each holding every column of `table`) in the session's transaction.
-    `suffix` is appended to the statement (an ON CONFLICT clause, say)."""
+                      suffix: str = "", omit: Sequence[str] = ()) -> None:
+    """Insert `rows` (each holding every column of `table` but those in `omit`, which the
+    database fills) in the session's transaction. `suffix` is appended to the statement
+    (an ON CONFLICT clause, say)."""
     if not rows:
         return
     db = await driver(session)
-    plan = _plan(table, db.conn.dialect, suffix)
+    plan = _plan(table, db.conn.dialect, suffix, tuple(omit))
     if plan.document:
         await db.execute(plan.document, (_document(rows),), wait=False)
         return
@@ -167,14 +168,17 @@ def _update_plan(table: sa.Table, dialect: Dialect, columns: tuple[str, ...], ke
 IN_LIST = {"sqlite": "IN (SELECT value FROM json_each(?))", "postgresql": "= ANY(?)"}
 
 
-async def select_rows(session: AsyncSession, table: sa.Table, where: str, params: tuple[Any, ...],
-                      tail: str = "") -> list[Row]:
-    """Whole rows of `table` as the ORM reads them (each column's own result processing),
-    through the driver: `where` and `tail` (ORDER BY, FOR UPDATE...) are written with `?`
-    marks and `IN_LIST`."""
+async def select_rows(session: AsyncSession,
+                      queries: list[tuple[sa.Table, str, tuple[Any, ...], str]]
+                      ) -> list[list[Row]]:
+    """For each query (table, where, params, tail), whole rows of the table as the ORM reads
+    them (each column's own result processing), through the driver, all in one round trip:
+    `where` and `tail` (ORDER BY, FOR UPDATE...) are written with `?` marks and `IN_LIST`."""
     db = await driver(session)
-    sql, convert = _select_plan(table, db.conn.dialect)
-    return list(map(convert, await db.execute(f"{sql}{where}{tail}", params)))
+    plans = [_select_plan(table, db.conn.dialect) for table, _, _, _ in queries]
+    found = await db.execute_all([(f"{sql}{where}{tail}", params) for (sql, _), (_, where,
+                                  params, tail) in zip(plans, queries, strict=True)])
+    return [list(map(convert, rows)) for (_, convert), rows in zip(plans, found, strict=True)]
 
 
 _select_plans: dict[tuple[str, str], tuple[str, Callable[[Any], Row]]] = {}
@@ -304,7 +308,7 @@ class Driver:
     async def execute_all(self, statements: list[tuple[str, Any]]) -> list[list[Any]]:
         """Each statement's rows, in order: on PostgreSQL in one pipeline, so together (and
         with the BEGIN that opens the transaction) they cost one round trip."""
-        if self._pg is None:
+        if self._pg is None or len(statements) == 1:
             return [await self.execute(sql, params) for sql, params in statements]
         if not self._qmark:
             statements = [(sql.replace("?", "%s"), params) for sql, params in statements]

@@ -55,6 +55,7 @@ from app.incidents.models import (
     TimelineEntryPublic,
 )
 from app.incidents.search import fold, like_pattern, search_clause, search_text
+from app.notifications import fanout
 from app.notifications.outbox import EventRow, emit, emit_rows, event_row
 from workflows.engine import GuardRefused, InvalidTrigger, Workflow, WorkflowRegistry
 from workflows.registry import ACTIONS, GuardContext
@@ -303,9 +304,13 @@ _REFERENCE_UPSERT = ("INSERT INTO reference_counter (year, value) VALUES (?, ?) 
 async def next_references(session: AsyncSession, env: Env, now: datetime,
                           count: int) -> list[str]:
     """`count` numbers `INC-YYYY-NNNNNN` from one atomic upsert, so concurrent creators never
-    share a number."""
+    share a number. The subscriptions that the new incidents' events are matched against
+    come with them if the transaction has not read them yet (one round trip)."""
     year = now.astimezone(env.zone).year
-    [(last,)] = await (await driver(session)).execute(_REFERENCE_UPSERT, (year, count))
+    [(last,)], *subscriptions = await (await driver(session)).execute_all(
+        [(_REFERENCE_UPSERT, (year, count)), *fanout.unread(session)])
+    for rows in subscriptions:
+        fanout.remember(session, rows)
     return [f"INC-{year}-{value:06d}" for value in range(last - count + 1, last + 1)]
 
 

@@ -73,30 +73,55 @@ def _json(value: Any) -> Any:
     return loads(value) if isinstance(value, str) else value
 
 
+_SUBSCRIPTIONS = "subscriptions"
+
+
+def unread(session: AsyncSession) -> list[tuple[str, tuple[()]]]:
+    """The query of active subscriptions if this transaction has not read them yet, for a
+    caller that sends it with statements of its own (one round trip) and hands its rows to
+    `remember`."""
+    return [] if _SUBSCRIPTIONS in session.info else [(_ACTIVE, ())]
+
+
+def remember(session: AsyncSession, rows: list[Any]) -> None:
+    session.info[_SUBSCRIPTIONS] = [
+        Routing(i, agency, _json(events), floor, _json(categories), scope)
+        for i, agency, events, floor, categories, scope in rows]
+
+
 async def _active_subscriptions(session: AsyncSession) -> list[Routing]:
     # Loaded once per transaction (a batch of alerts emits many events), through the driver:
     # in every group commit that opens incidents, SQLAlchemy's handling of this one query
     # cost several times what the database takes to answer it.
-    cached: list[Routing] | None = session.info.get("subscriptions")
-    if cached is None:
-        rows = await (await driver(session)).execute(_ACTIVE, ())
-        cached = [Routing(i, agency, _json(events), floor, _json(categories), scope)
-                  for i, agency, events, floor, categories, scope in rows]
-        session.info["subscriptions"] = cached
+    for sql, params in unread(session):
+        remember(session, await (await driver(session)).execute(sql, params))
+    cached: list[Routing] = session.info[_SUBSCRIPTIONS]
     return cached
 
 
-async def fan_out(session: AsyncSession, events: list[dict[str, Any]], seqs: list[int]) -> int:
-    """Add one pending delivery per matching subscription of each event (rows of the `event`
-    table, with their sequence numbers), in the caller's transaction."""
+async def matching(session: AsyncSession, events: list[dict[str, Any]]
+                   ) -> list[list[Routing]]:
+    """The subscriptions each event (a row of the `event` table) is delivered to."""
     subs = await _active_subscriptions(session)
     if not subs:
-        return 0
+        return [[] for _ in events]
     authorities: Authorities = session.info.get("authorities") or Authorities()
-    rows: list[dict[str, Any]] = []
-    for event, seq in zip(events, seqs, strict=True):
+    found = []
+    for event in events:
         incident = event["data"].get("incident") or {}
         level = int(event["data"].get("level", incident.get("escalation_level", 0)) or 0)
+        found.append([s for s in subs if matches(s, event["type"], incident, level,
+                                                   authorities)])
+    return found
+
+
+async def fan_out(session: AsyncSession, events: list[dict[str, Any]], seqs: list[int],
+                  matched: list[list[Routing]]) -> int:
+    """Add one pending delivery per matching subscription of each event (rows of the `event`
+    table, with their sequence numbers and `matching` subscriptions), in the caller's
+    transaction."""
+    rows: list[dict[str, Any]] = []
+    for event, seq, subs in zip(events, seqs, matched, strict=True):
         at = event["at"]
         rows.extend(
             {"id": new_id(), "event_seq": seq, "subscription_id": s.id,
@@ -104,7 +129,7 @@ async def fan_out(session: AsyncSession, events: list[dict[str, Any]], seqs: lis
              "attempts": 0, "next_attempt_at": at, "claimed_until": None, "claimed_by": None,
              "last_error": None, "last_status_code": None, "created_at": at,
              "window_started_at": at, "delivered_at": None}
-            for s in subs if matches(s, event["type"], incident, level, authorities)
+            for s in subs
         )
     if rows:
         await insert_rows(session, table_of(Delivery), rows)

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.core.bulk import insert_returning
+from app.core.bulk import insert_returning, insert_rows
 from app.core.db import after_commit
 from app.core.ids import new_id
 from app.core.types import table_of
@@ -53,14 +53,19 @@ async def emit_rows(session: AsyncSession, rows: list[EventRow]) -> None:
     """Insert events in list order (their `seq` follows it) and their deliveries."""
     if not rows:
         return
-    from app.notifications.fanout import fan_out
+    from app.notifications.fanout import fan_out, matching
 
-    # Matched by id: a multi-row INSERT ... RETURNING need not return rows in their order.
-    inserted = await insert_returning(session, table_of(Event), rows, ("id", "seq"),
-                                      omit=("seq",))
-    seq_of = dict(inserted)
-    seqs = [seq_of[row["id"]] for row in rows]
-    queued = await fan_out(session, rows, seqs)
+    matched = await matching(session, rows)
+    if any(matched):
+        # Matched by id: a multi-row INSERT ... RETURNING need not return rows in their order.
+        inserted = await insert_returning(session, table_of(Event), rows, ("id", "seq"),
+                                          omit=("seq",))
+        seq_of = dict(inserted)
+        queued = await fan_out(session, rows, [seq_of[row["id"]] for row in rows], matched)
+    else:
+        # Nothing to deliver needs their sequence numbers: no round trip to read them back.
+        await insert_rows(session, table_of(Event), rows, omit=("seq",))
+        queued = 0
     # Once per transaction: after it commits, wake the live feed, and the worker if there is
     # something to deliver.
     for hook, wanted in (("events_committed", True), ("deliveries_committed", queued > 0)):
