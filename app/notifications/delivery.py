@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.bulk import insert_rows, pipelined, update_rows
 from app.core.clock import utcnow
 from app.core.db import Database
 from app.core.ids import new_id
@@ -162,14 +163,27 @@ async def send_all(registry: NotifierRegistry, batch: list[Claimed],
 
 async def record(db: Database, worker_id: str, batch: list[Claimed],
                  results: list[DeliveryResult], window: float) -> None:
+    """Each delivery's outcome and its attempt, for the whole batch in two statements (one
+    round trip on PostgreSQL): recorded one by one, at 100 deliveries/s the worker spent
+    more time recording than sending, and the backlog grew."""
     now = utcnow()
-    async with db.transaction() as session:
-        for c, result in zip(batch, results, strict=True):
-            await _record_one(session, worker_id, c, result, now, window)
+    changes: list[dict[str, Any]] = []
+    attempts: list[dict[str, Any]] = []
+    for c, result in zip(batch, results, strict=True):
+        values, outcome = _outcome(c, result, now, window)
+        changes.append({"id": c.delivery_id, **values})
+        attempts.append({"id": new_id(), "delivery_id": c.delivery_id, "at": now,
+                         "outcome": outcome, "status_code": result.status_code,
+                         "error": values["last_error"],
+                         "duration_ms": round(result.duration_ms, 2), "worker": worker_id})
+    async with db.transaction() as session, pipelined(session):
+        await update_rows(session, d, sorted(changes, key=lambda r: r["id"]))
+        await insert_rows(session, table_of(DeliveryAttempt), attempts)
 
 
-async def _record_one(session: AsyncSession, worker_id: str, c: Claimed, result: DeliveryResult,
-                      now: datetime, window: float) -> None:
+def _outcome(c: Claimed, result: DeliveryResult, now: datetime, window: float
+             ) -> tuple[dict[str, Any], str]:
+    """The delivery's columns after this attempt, and the attempt's outcome."""
     attempts = c.attempts + 1
     values: dict[str, Any] = {
         "attempts": attempts,
@@ -197,16 +211,11 @@ async def _record_one(session: AsyncSession, worker_id: str, c: Claimed, result:
             outcome = "retry"
             values.update(status=DeliveryStatus.pending.value, next_attempt_at=next_at)
     DELIVERIES.labels(c.notifier, outcome).inc()
-    await session.execute(sa.update(d).where(d.c.id == c.delivery_id).values(**values))
-    session.add(DeliveryAttempt(
-        id=new_id(), delivery_id=c.delivery_id, at=now, outcome=outcome,
-        status_code=result.status_code, error=values["last_error"],
-        duration_ms=round(result.duration_ms, 2), worker=worker_id,
-    ))
     if outcome in ("failed", "dead"):
         log.warning("delivery %s %s after %d attempts: %s", c.delivery_id, outcome, attempts,
                     values["last_error"], extra={"delivery_id": c.delivery_id,
                                                  "outcome": outcome})
+    return values, outcome
 
 
 async def backlog(session: AsyncSession) -> tuple[int, float]:
