@@ -304,7 +304,6 @@ class Driver:
         rows: list[Any] = await self.conn.run_sync(_execute, sql, params)
         return rows
 
-
     async def execute_all(self, statements: list[tuple[str, Any]]) -> list[list[Any]]:
         """Each statement's rows, in order: on PostgreSQL in one pipeline, so together (and
         with the BEGIN that opens the transaction) they cost one round trip."""

@@ -93,8 +93,8 @@ async def _active_subscriptions(session: AsyncSession) -> list[Routing]:
     # Loaded once per transaction (a batch of alerts emits many events), through the driver:
     # in every group commit that opens incidents, SQLAlchemy's handling of this one query
     # cost several times what the database takes to answer it.
-    for sql, params in unread(session):
-        remember(session, await (await driver(session)).execute(sql, params))
+    if _SUBSCRIPTIONS not in session.info:
+        remember(session, await (await driver(session)).execute(_ACTIVE, ()))
     cached: list[Routing] = session.info[_SUBSCRIPTIONS]
     return cached
 
