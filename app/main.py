@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from app.alerts.router import router as alerts_router
 from app.alerts.writer import IngestWriter
 from app.auth.cache import KeyCache
 from app.bootstrap import build_env, open_database
+from app.core import collector
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.middleware import RequestContextMiddleware
@@ -41,21 +41,6 @@ issue responses through spokespersons, and escalate missed deadlines.
 
 Authenticate with `Authorization: Bearer <api key>` (created with `crisisflow keys create`).
 Errors are RFC 9457 `application/problem+json`."""
-
-
-_frozen = False
-
-
-def _freeze_startup_objects() -> None:
-    """What start-up built (models, schemas, the workflow machines) lives as long as the
-    process: moving it out of the collector's reach keeps full collections short, which an
-    alert storm would otherwise trigger every few seconds (ingest p99 93 ms -> 33 ms). Once
-    per process: apps started again in one process (tests) must stay collectable."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.collect()
-        gc.freeze()
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = False) -> FastAPI:
@@ -84,7 +69,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         if run_worker:
             app.state.worker = Worker(db, settings, registry=app.state.notifiers, env=env)
             app.state.worker.start()
-        _freeze_startup_objects()
+        collector.settle()
         try:
             yield
         finally:

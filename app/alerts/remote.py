@@ -37,6 +37,7 @@ from typing import Any
 from app.alerts.models import Outcome
 from app.alerts.parsers import ParsedAlert
 from app.alerts.writer import DuplicateWebhook, IngestWriter
+from app.core import collector
 from app.core.config import Settings
 from app.core.errors import ProblemError, Unavailable, is_database_unavailable
 from app.core.jsonutil import dumps, loads
@@ -211,6 +212,7 @@ class IngestServer:
         self.writer = IngestWriter(db, build_env(settings), settings.group_by,
                                    settings.raw_alert_max_bytes, on_group=self._group_taken)
         self.writer.start()
+        collector.settle()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         server = await asyncio.start_unix_server(self._serve, self.path)
