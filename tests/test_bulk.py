@@ -222,3 +222,134 @@ def test_held_statements_land_in_order_or_fail_as_one(client: TestClient, backen
                                                .order_by(table.c.year))).all())
 
     assert [tuple(r) for r in client.portal.call(scenario)] == [(1, 1), (2, 2), (3, 3), (6, 6)]
+
+
+async def _years(db: Any) -> list[tuple[int, int]]:
+    from app.core.bulk import driver
+
+    async with db.transaction() as session:
+        rows = await (await driver(session)).execute(
+            "SELECT year, value FROM reference_counter ORDER BY year", ())
+        return [tuple(r) for r in rows]
+
+
+def test_driver_statements_return_their_rows_in_order_and_fail_by_name(
+        db_url: str, backend: str) -> None:
+    """Several statements in one go (one pipeline on PostgreSQL): each gives back its own
+    rows, typed as the database returns them; a list of parameter tuples runs once per
+    tuple; the first failing statement is the error raised (SQLAlchemy's class, naming that
+    statement) and nothing of the transaction stays."""
+    import asyncio
+
+    from app.core.bulk import driver
+    from app.core.db import Database
+
+    db = Database(db_url, pool_size=1)
+    insert = "INSERT INTO reference_counter (year, value) VALUES (?, ?)"
+
+    async def scenario() -> tuple[list[list[Any]], list[Any]]:
+        async with db.transaction() as session:
+            d = await driver(session)
+            rows = await d.execute_all([
+                (insert, [(2001, 1), (2002, 2), (2003, 3)]),
+                ("SELECT year, value FROM reference_counter WHERE year > ? ORDER BY year",
+                 (2001,)),
+                ("SELECT count(*) FROM reference_counter", ()),
+            ])
+        with pytest.raises(sa.exc.IntegrityError) as failed:
+            async with db.transaction() as session:
+                await (await driver(session)).execute_all([
+                    (insert, (2004, 4)),
+                    ("UPDATE reference_counter SET value = value + 10 WHERE year = ?", (2001,)),
+                    (insert, (2002, 9)),  # taken
+                    (insert, (2005, 5)),
+                ])
+        assert "INSERT INTO reference_counter" in str(failed.value.statement)
+        return rows, await _years(db)
+
+    try:
+        rows, stored = asyncio.run(scenario())
+    finally:
+        asyncio.run(db.dispose())
+    assert rows == [[], [(2002, 2), (2003, 3)], [(3,)]]
+    assert stored == [(2001, 1), (2002, 2), (2003, 3)]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_driver_statements_outlive_a_rollback_after_orm_statements(db_url: str) -> None:
+    """The driver prepares its statements on each connection. psycopg, which prepares a
+    statement it has run five times, deallocates every prepared statement of a connection
+    when a transaction on it rolls back, the driver's included: the next group of alerts on
+    that connection then failed with "prepared statement does not exist"."""
+    import asyncio
+
+    from app.core.bulk import driver
+    from app.core.db import Database
+
+    db = Database(db_url, pool_size=1)  # one connection, used again and again
+    table = sa.table("reference_counter", sa.column("year"), sa.column("value"))
+
+    class Undo(Exception):
+        pass
+
+    async def scenario() -> list[tuple[int, int]]:
+        for year in (2001, 2002):
+            with pytest.raises(Undo):
+                async with db.transaction() as session:
+                    for _ in range(8):
+                        await session.execute(sa.select(table.c.value).where(
+                            table.c.year == year))
+                    await (await driver(session)).execute_all([
+                        ("INSERT INTO reference_counter (year, value) VALUES (?, ?)",
+                         (year, 1)),
+                        ("SELECT count(*) FROM reference_counter", ())])
+                    raise Undo
+        async with db.transaction() as session:
+            await (await driver(session)).execute_all([
+                ("INSERT INTO reference_counter (year, value) VALUES (?, ?)", (2003, 3)),
+                ("SELECT count(*) FROM reference_counter", ())])
+        return await _years(db)
+
+    try:
+        assert asyncio.run(scenario()) == [(2003, 3)]
+    finally:
+        asyncio.run(db.dispose())
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_pipeline_cancelled_midway_leaves_the_database_usable(db_url: str) -> None:
+    """A request cancelled while its statements run (a client gone, a shutdown) leaves no
+    connection behind whose unread results the next transaction would take for its own."""
+    import asyncio
+
+    from app.core.bulk import driver
+    from app.core.db import Database
+
+    db = Database(db_url, pool_size=1)
+
+    async def slow() -> None:
+        async with db.transaction() as session:
+            await (await driver(session)).execute_all([
+                ("INSERT INTO reference_counter (year, value) VALUES (?, ?)", (2001, 1)),
+                ("SELECT pg_sleep(3)", ())])
+
+    async def scenario() -> tuple[list[list[Any]], list[Any], float]:
+        task = asyncio.create_task(slow())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with db.transaction() as session:
+            rows = await (await driver(session)).execute_all([
+                ("SELECT ?::int", (7,)), ("SELECT ?::text", ("tám",))])
+        return rows, await _years(db), loop.time() - started
+
+    try:
+        rows, stored, took = asyncio.run(scenario())
+    finally:
+        asyncio.run(db.dispose())
+    assert rows == [[(7,)], [("tám",)]]
+    assert stored == []  # the cancelled transaction's insert never committed
+    assert took < 2.5  # not waiting for the abandoned statement to finish

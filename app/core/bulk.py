@@ -300,7 +300,7 @@ class Driver:
             finally:
                 cursor.close()
         if self._pg is not None:
-            return await _pg_execute(self._pg, sql, params)
+            return (await _pg_run(self._pg, [(sql, params)]))[0]
         rows: list[Any] = await self.conn.run_sync(_execute, sql, params)
         return rows
 
@@ -311,38 +311,21 @@ class Driver:
             return [await self.execute(sql, params) for sql, params in statements]
         if not self._qmark:
             statements = [(sql.replace("?", "%s"), params) for sql, params in statements]
-        return await _pg_execute_all(self._pg, statements)
+        return await _pg_run(self._pg, statements)
 
 
-async def _pg_execute_all(raw: Any, statements: list[tuple[str, Any]]) -> list[list[Any]]:
+async def _pg_run(raw: Any, statements: list[tuple[str, Any]], *, commit: bool = False
+                  ) -> list[list[Any]]:
     import psycopg  # PostgreSQL only
 
-    cursors = [raw.cursor() for _ in statements]
-    sql: str | None = None
-    try:
-        async with raw.pipeline():
-            for cursor, (sql, params) in zip(cursors, statements, strict=True):
-                await cursor.execute(sql, params)
-        return [await c.fetchall() if c.description else [] for c in cursors]
-    except psycopg.Error as error:
-        raise _as_sqlalchemy(error, sql, psycopg.Error) from error
-    finally:
-        for cursor in cursors:
-            await cursor.close()
-
-
-async def _pg_execute(raw: Any, sql: str, params: Any) -> list[Any]:
-    import psycopg  # PostgreSQL only
+    from app.core import pgpipe
 
     try:
-        async with raw.cursor() as cursor:
-            if isinstance(params, list):
-                await cursor.executemany(sql, params)
-                return []
-            await cursor.execute(sql, params)
-            return await cursor.fetchall() if cursor.description else []  # type: ignore[no-any-return]
-    except psycopg.Error as error:
-        raise _as_sqlalchemy(error, sql, psycopg.Error) from error
+        return await pgpipe.run(raw, statements, commit=commit)
+    except pgpipe.Failed as failed:
+        raise _as_sqlalchemy(failed.error, failed.sql, psycopg.Error) from failed.error
+    except psycopg.Error as error:  # the connection itself failed
+        raise _as_sqlalchemy(error, None, psycopg.Error) from error
 
 
 def _as_sqlalchemy(error: Exception, sql: str | None, base: type[Exception]
@@ -400,23 +383,4 @@ async def pipelined(session: AsyncSession, *, commit: bool = False) -> AsyncIter
         raise RuntimeError("pipelined(commit=True) with unflushed ORM changes")
     if held or commit:
         raw = (await conn.get_raw_connection()).driver_connection
-        await _send(raw, held, commit)
-
-
-async def _send(raw: Any, held: list[tuple[str, Any]], commit: bool) -> None:
-    import psycopg  # PostgreSQL only
-
-    sql: str | None = None
-    try:
-        async with raw.pipeline(), raw.cursor() as cursor:
-            for sql, params in held:
-                if isinstance(params, list):
-                    await cursor.executemany(sql, params)
-                else:
-                    await cursor.execute(sql, params)
-            if commit:
-                sql = "COMMIT"
-                await raw.commit()
-    except psycopg.Error as error:
-        # Which statement failed, a pipeline does not say exactly.
-        raise _as_sqlalchemy(error, sql, psycopg.Error) from error
+        await _pg_run(raw, held, commit=commit)

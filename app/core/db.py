@@ -157,9 +157,11 @@ class Database:
                           checkpointed=self.checkpointer is not None)
             _sqlite_hooks(self.read_engine.sync_engine, "BEGIN", deferred=True)
         else:
+            from app.core import pgpipe
+
             self.engine = create_async_engine(
                 aurl, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True,
-                pool_timeout=10, **JSON_CODEC,
+                pool_timeout=10, connect_args=pgpipe.CONNECT_ARGS, **JSON_CODEC,
             )
             self.read_engine = self.engine
             self.checkpointer = None

@@ -1,0 +1,237 @@
+"""Statements sent to PostgreSQL in one pipeline through libpq's own calls.
+
+psycopg's cursors cost about 70 µs of Python per statement even in a pipeline (a cursor, a
+query conversion, a send and an event-loop check each): an ingest group's twenty statements
+spent more time there than the server spent running them, and an executemany of a few
+hundred rows (a batch's raised severities) far more. Here psycopg's own dumpers and loaders
+adapt the values, and libpq queues every statement, sends them in one write and reads every
+result in one pass: about 10 µs a statement.
+
+Each statement is prepared on the server once per connection (unprepared, the server
+planned the group's statements anew every time, and ingestion was slower than with
+psycopg's cursors). psycopg's own automatic preparing is off on these connections
+(`CONNECT_ARGS`): on every rollback it deallocates all of a connection's prepared
+statements, ours with its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import abc, pq
+from psycopg.adapt import PyFormat, Transformer
+
+Params = tuple[Any, ...] | list[tuple[Any, ...]] | None
+Key = tuple[bytes, tuple[int, ...]]  # a statement and its parameters' types
+
+CONNECT_ARGS = {"prepare_threshold": None}
+# Statements beyond this many per connection run unprepared (a bound for statements
+# written with varying text).
+MAX_PREPARED = 256
+
+_IDLE = pq.TransactionStatus.IDLE
+_ERRORS = frozenset({pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.BAD_RESPONSE,
+                     pq.ExecStatus.NONFATAL_ERROR})
+_PLACEHOLDER = re.compile(r"%s|%%")
+_names = itertools.count()
+# Per connection: the statements prepared on it, by key, with their names.
+_prepared: weakref.WeakKeyDictionary[Any, dict[Key, bytes]] = weakref.WeakKeyDictionary()
+
+
+@functools.lru_cache(maxsize=512)
+def _numbered(sql: str) -> bytes:
+    """psycopg's `%s` placeholders as PostgreSQL's `$1, $2, ...`."""
+    count = 0
+
+    def number(match: re.Match[str]) -> str:
+        nonlocal count
+        if match.group() == "%%":
+            return "%"
+        count += 1
+        return f"${count}"
+
+    return _PLACEHOLDER.sub(number, sql).encode()
+
+
+def _begin(conn: psycopg.AsyncConnection[Any]) -> bytes:
+    """The BEGIN psycopg would send before the transaction's first statement."""
+    parts = ["BEGIN"]
+    if conn.isolation_level is not None:
+        parts.append("ISOLATION LEVEL " + conn.isolation_level.name.replace("_", " "))
+    if conn.read_only is not None:
+        parts.append("READ ONLY" if conn.read_only else "READ WRITE")
+    if conn.deferrable is not None:
+        parts.append("DEFERRABLE" if conn.deferrable else "NOT DEFERRABLE")
+    return " ".join(parts).encode()
+
+
+@dataclass(slots=True)
+class _Sent:
+    """What one command of the pipeline was, to read its results."""
+
+    sql: str
+    rows: int | None = None  # where its rows go in the output (None: nowhere)
+    prepares: tuple[Key, bytes] | None = None  # a PREPARE: what it makes known once done
+
+
+class Failed(Exception):
+    """A statement of the pipeline failed: the error PostgreSQL gave, as psycopg raises
+    it, and the statement."""
+
+    def __init__(self, error: psycopg.Error, sql: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.sql = sql
+
+
+async def run(conn: psycopg.AsyncConnection[Any], statements: list[tuple[str, Params]], *,
+              commit: bool = False) -> list[list[tuple[Any, ...]]]:
+    """Run `statements` (SQL with `%s` placeholders; parameters a tuple, a list of tuples
+    run once each, or None) in the connection's transaction, opening one if none is, and
+    COMMIT it after them if `commit`. Returns each statement's rows (a list of tuples run
+    once each returns nothing). On the first error the rest are skipped, as PostgreSQL does
+    in a pipeline, and `Failed` is raised; the transaction is then aborted and the caller
+    rolls it back."""
+    async with conn.lock:
+        pg = conn.pgconn
+        pipe = _Pipeline(pg, Transformer.from_context(conn), _prepared.setdefault(conn, {}))
+        pg.enter_pipeline_mode()
+        clean = False
+        try:
+            if pg.transaction_status == _IDLE and not conn.autocommit:
+                pipe.send_plain(_begin(conn).decode())
+            for sql, params in statements:
+                pipe.out.append([])
+                if isinstance(params, list):
+                    for one in params:
+                        pipe.send(sql, one, None)
+                else:
+                    pipe.send(sql, params or (), len(pipe.out) - 1)
+            if commit:
+                pipe.send_plain("COMMIT")
+            pg.pipeline_sync()
+            try:
+                error = await pipe.exchange(conn.info.encoding)
+            except asyncio.CancelledError:
+                await _abandon(conn, pipe)
+                clean = pipe.drained
+                raise
+            clean = True
+        finally:
+            if clean:
+                pg.exit_pipeline_mode()
+            else:
+                # Cut off with results still on the wire: this connection can no longer
+                # tell whose results are whose, so it is closed (SQLAlchemy's pool then
+                # drops it).
+                pg.finish()
+    if error is not None:
+        raise error
+    return pipe.out
+
+
+async def _abandon(conn: psycopg.AsyncConnection[Any], pipe: _Pipeline) -> None:
+    """The caller was cancelled midway (a client gone, a shutdown): the server is asked to
+    stop the running statement and the rest is read up to the sync, so that the connection
+    stays usable (its transaction aborted, for the caller to roll back). Should that fail
+    too, the connection is closed on the way out."""
+    with contextlib.suppress(Exception):
+        await conn.cancel_safe(timeout=5)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(pipe.exchange(conn.info.encoding), timeout=5)
+        pipe.drained = True
+
+
+class _Pipeline:
+    def __init__(self, pg: Any, tx: abc.Transformer, prepared: dict[Key, bytes]) -> None:
+        self.pg = pg
+        self.tx = tx
+        self.prepared = prepared
+        self.preparing: dict[Key, bytes] = {}  # PREPAREs sent in this pipeline
+        self.sent: list[_Sent] = []
+        self.out: list[list[tuple[Any, ...]]] = []
+        self.index = 0  # the command whose results come next
+        self.error: Failed | None = None
+        self.drained = False
+
+    def send_plain(self, sql: str) -> None:
+        self.pg.send_query_params(sql.encode(), None)
+        self.sent.append(_Sent(sql))
+
+    def send(self, sql: str, params: tuple[Any, ...], rows: int | None) -> None:
+        query = _numbered(sql)
+        values = self.tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
+        types = tuple(self.tx.types or ())
+        formats = list(self.tx.formats or ()) or None
+        key = (query, types)
+        name = self.prepared.get(key) or self.preparing.get(key)
+        if name is None and len(self.prepared) + len(self.preparing) < MAX_PREPARED:
+            name = f"_cf_{next(_names)}".encode()
+            self.pg.send_prepare(name, query, param_types=types or None)
+            self.preparing[key] = name
+            self.sent.append(_Sent(sql, prepares=(key, name)))
+        if name is None:
+            self.pg.send_query_params(query, values or None, param_types=types or None,
+                                      param_formats=formats)
+        else:
+            self.pg.send_query_prepared(name, values or None, param_formats=formats)
+        self.sent.append(_Sent(sql, rows))
+
+    async def exchange(self, encoding: str) -> Failed | None:
+        """Send what libpq queued and read every result up to the pipeline's sync; returns
+        the first error. Cancelled, it can be called again to go on where it stopped."""
+        pg = self.pg
+        fd = pg.socket
+        while pg.flush():  # 1: more to send; the server's answers are read meanwhile
+            if await _ready(fd, write=True):
+                pg.consume_input()
+        while True:
+            while pg.is_busy():
+                pg.consume_input()  # what has already arrived, without a turn of the loop
+                if pg.is_busy():
+                    await _ready(fd, write=False)
+            result = pg.get_result()
+            if result is None:  # the end of one command's results
+                self.index += 1
+                continue
+            status = result.status
+            if status == pq.ExecStatus.PIPELINE_SYNC:
+                return self.error
+            sent = self.sent[self.index]
+            if status == pq.ExecStatus.TUPLES_OK and sent.rows is not None:
+                self.tx.set_pgresult(result)
+                self.out[sent.rows] = self.tx.load_rows(0, result.ntuples, tuple)
+            elif status == pq.ExecStatus.COMMAND_OK and sent.prepares is not None:
+                key, name = sent.prepares
+                self.prepared[key] = name
+            elif status in _ERRORS and self.error is None:
+                self.error = Failed(
+                    psycopg.errors.error_from_result(result, encoding=encoding), sent.sql)
+
+
+async def _ready(fd: int, *, write: bool) -> bool:
+    """Wait until the socket can be read, or (`write`) read or written; True if readable."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bool] = loop.create_future()
+
+    def wake(readable: bool) -> None:
+        if not done.done():
+            done.set_result(readable)
+
+    loop.add_reader(fd, wake, True)
+    if write:
+        loop.add_writer(fd, wake, False)
+    try:
+        return await done
+    finally:
+        loop.remove_reader(fd)
+        if write:
+            loop.remove_writer(fd)
