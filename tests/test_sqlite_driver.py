@@ -273,8 +273,10 @@ def test_the_wal_is_copied_off_the_commit_path_and_stays_bounded_under_nonstop_w
         return largest
 
     largest = asyncio.run(main())
-    # Without the thread the WAL reaches 64 MB before any checkpoint.
-    assert largest < 32 * 1024 * 1024, largest
+    # Without the thread the WAL reaches 64 MB before any checkpoint. With it, 5-6 MB here;
+    # once it reached 37 MB in a full run on a loaded 2-core machine (a RESTART that gives
+    # up lets the WAL grow through its 0.5 s back-off), hence the margin.
+    assert largest < 48 * 1024 * 1024, largest
     assert path.stat().st_size > 100 * 1024 * 1024  # the pages did reach the database file
     again = sqlite3.connect(path)
     assert again.execute("SELECT count(*) FROM scratch").fetchone()[0] == transactions * rows
