@@ -224,3 +224,30 @@ def test_not_ready_until_the_ingest_process_accepts_alerts(db_url: str, tmp_path
         http.portal.call(start)
         eventually(lambda: http.get("/readyz").status_code == 200, 20, "readiness")
         http.portal.call(stop.set)
+
+
+def test_ctrl_c_stops_serve_and_its_ingest_process_quietly(db_url: str, tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole process group. The ingest process waits for
+    `serve` to stop it (after the API process, whose requests in flight still need it):
+    leaving first, it was taken for a crash, logged as an error and started again."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    serve = subprocess.Popen([CRISISFLOW, "serve", "--port", str(port)], env=_env(db_url),
+                             stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        ingest = eventually(lambda: _ingest_pid(serve), 60, "the ingest process")
+        eventually(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                   .status_code == 200, 60, "serve ready")
+        posted = httpx.post(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=30,
+                            headers=_key(db_url, "monitor"), json=_alert("fp-c", "gia-xang"))
+        assert posted.status_code == 202, posted.text
+        os.killpg(serve.pid, signal.SIGINT)
+        assert serve.wait(timeout=60) == 0
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+    eventually(lambda: not Path(f"/proc/{ingest}").exists(), 30, "the ingest process to stop")
+    text = log.read_text()
+    levels = {line.split()[2] for line in text.splitlines() if line[:4].isdigit()}
+    assert not levels & {"WARNING", "ERROR", "CRITICAL"} and "Traceback" not in text, text

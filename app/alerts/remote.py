@@ -286,6 +286,10 @@ def _ingest_main(path: str) -> None:
     from app.core.config import get_settings
     from app.core.logging import configure_logging
 
+    # Ctrl-C in a terminal reaches the whole process group: `serve` stops its API processes
+    # first (requests in flight still hand their alerts over), then stops this one. Left to
+    # the default, it left first, and `serve` took that for a crash and started it again.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):  # its name in ps and top (Linux)
         Path("/proc/self/comm").write_text(PROCESS_NAME)
     settings = get_settings()
@@ -303,8 +307,7 @@ def _ingest_main(path: str) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
         watch = asyncio.create_task(orphaned(stop))
         await IngestServer(settings, path).run(stop)
         watch.cancel()
