@@ -262,7 +262,6 @@ class Driver:
     def __init__(self, conn: Any, info: dict[str, Any] | None = None) -> None:
         self.conn = conn
         self.sqlite = conn.dialect.name == "sqlite"
-        self._qmark = conn.dialect.paramstyle == "qmark"
         self._time = _time_processor(conn.dialect)
         self._raw = _inline_sqlite(conn) if self.sqlite else None
         # psycopg's own connection: SQLAlchemy's execution context around each statement
@@ -282,8 +281,6 @@ class Driver:
     async def execute(self, sql: str, params: Any, *, wait: bool = True) -> list[Any]:
         """`params`: one tuple, or a list of tuples (executemany). `wait=False`: the caller
         reads no result, so inside `pipelined` the statement may be sent later."""
-        if not self._qmark:
-            sql = sql.replace("?", "%s")
         if not wait and (held := self._info.get(_PIPELINE)) is not None:
             held.append((sql, params))
             return []
@@ -309,8 +306,6 @@ class Driver:
         with the BEGIN that opens the transaction) they cost one round trip."""
         if self._pg is None or len(statements) == 1:
             return [await self.execute(sql, params) for sql, params in statements]
-        if not self._qmark:
-            statements = [(sql.replace("?", "%s"), params) for sql, params in statements]
         return await _pg_run(self._pg, statements)
 
 

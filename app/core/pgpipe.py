@@ -40,7 +40,6 @@ MAX_PREPARED = 256
 _IDLE = pq.TransactionStatus.IDLE
 _ERRORS = frozenset({pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.BAD_RESPONSE,
                      pq.ExecStatus.NONFATAL_ERROR})
-_PLACEHOLDER = re.compile(r"%s|%%")
 _names = itertools.count()
 # Per connection: the statements prepared on it, by key, with their names.
 _prepared: weakref.WeakKeyDictionary[Any, dict[Key, bytes]] = weakref.WeakKeyDictionary()
@@ -48,17 +47,9 @@ _prepared: weakref.WeakKeyDictionary[Any, dict[Key, bytes]] = weakref.WeakKeyDic
 
 @functools.lru_cache(maxsize=512)
 def _numbered(sql: str) -> bytes:
-    """psycopg's `%s` placeholders as PostgreSQL's `$1, $2, ...`."""
-    count = 0
-
-    def number(match: re.Match[str]) -> str:
-        nonlocal count
-        if match.group() == "%%":
-            return "%"
-        count += 1
-        return f"${count}"
-
-    return _PLACEHOLDER.sub(number, sql).encode()
+    """The driver's `?` marks as PostgreSQL's `$1, $2, ...`."""
+    marks = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"${next(marks)}", sql).encode()
 
 
 def _begin(conn: psycopg.AsyncConnection[Any]) -> bytes:
@@ -94,7 +85,7 @@ class Failed(Exception):
 
 async def run(conn: psycopg.AsyncConnection[Any], statements: list[tuple[str, Params]], *,
               commit: bool = False) -> list[list[tuple[Any, ...]]]:
-    """Run `statements` (SQL with `%s` placeholders; parameters a tuple, a list of tuples
+    """Run `statements` (SQL with `?` marks; parameters a tuple, a list of tuples
     run once each, or None) in the connection's transaction, opening one if none is, and
     COMMIT it after them if `commit`. Returns each statement's rows (a list of tuples run
     once each returns nothing). On the first error the rest are skipped, as PostgreSQL does
