@@ -294,10 +294,18 @@ class Run:
                              key=key, extra=env, warmup=False)
                 before, t0 = count_rows(url, "alert"), time.monotonic()
                 ingest = common.ingest_pids(common.group_pids(server.proc.pid))
-                with RssSampler([server.proc.pid, *ingest]) as rss:
-                    res = self.wrk(server, "batch.lua", connections=self.cfg.batch_connections,
-                                   duration=self.cfg.duration, timeout_s=60, tag=tag, key=key,
-                                   extra=env, warmup=False)
+                # The ingest process, where there is one: it does the writing.
+                profiler = self.start_profiler(tag, (ingest or [server.proc.pid])[0]) \
+                    if self.cfg.profile else None
+                try:
+                    with RssSampler([server.proc.pid, *ingest]) as rss:
+                        res = self.wrk(server, "batch.lua",
+                                       connections=self.cfg.batch_connections,
+                                       duration=self.cfg.duration, timeout_s=60, tag=tag,
+                                       key=key, extra=env, warmup=False)
+                finally:
+                    if profiler:
+                        self.finish_profiler(tag, profiler)
                 after, t1 = count_rows(url, "alert"), time.monotonic()
                 # Let the batches still in flight finish before stopping the server, so the
                 # stop does not cancel them: wait until nothing new is committed for about one
@@ -406,11 +414,17 @@ class Run:
                     items = len(body.get("items", [])) if isinstance(body, dict) else 0
                     if status != 200 or items == 0:
                         raise BenchError(f"GET {path}: HTTP {status}, {items} items")
-                    results[name] = self.wrk(server, "reads.lua",
-                                             connections=self.cfg.read_connections,
-                                             duration=self.cfg.duration, timeout_s=10,
-                                             tag=f"{tag}-{name}", key=key, path=path,
-                                             extra={"BENCH_READ_PATH": path})
+                    profiler = self.start_profiler(f"{tag}-{name}", server.proc.pid) \
+                        if self.cfg.profile else None
+                    try:
+                        results[name] = self.wrk(server, "reads.lua",
+                                                 connections=self.cfg.read_connections,
+                                                 duration=self.cfg.duration, timeout_s=10,
+                                                 tag=f"{tag}-{name}", key=key, path=path,
+                                                 extra={"BENCH_READ_PATH": path})
+                    finally:
+                        if profiler:
+                            self.finish_profiler(f"{tag}-{name}", profiler)
             finally:
                 server.proc.stop()
             self.server_logs(server, tag)

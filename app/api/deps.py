@@ -11,7 +11,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.auth.cache import KeyCache
 from app.auth.models import Role
 from app.auth.service import Principal, authenticate
-from app.core.config import Settings
 from app.core.db import Database
 from app.core.errors import Forbidden, Unauthenticated
 
@@ -21,13 +20,13 @@ def get_db(request: Request) -> Database:
     return db
 
 
-def get_settings_dep(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+# Dependencies are coroutines even when they do no I/O: FastAPI runs a plain function in a
+# worker thread, a hand-off (and a wait for the GIL behind the event loop) on every request.
+async def _db_dep(request: Request) -> Database:
+    return get_db(request)
 
 
-DatabaseDep = Annotated[Database, Depends(get_db)]
-SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+DatabaseDep = Annotated[Database, Depends(_db_dep)]
 
 
 # The request itself rather than a nested DatabaseDep: each dependency FastAPI solves costs

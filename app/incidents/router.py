@@ -47,7 +47,7 @@ _CONFLICTS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def env(request: Request) -> service.Env:
+async def env(request: Request) -> service.Env:
     e: service.Env = request.app.state.env
     return e
 
