@@ -91,6 +91,7 @@ def serve(
     """Migrate, seed the agency directory if empty, then serve the API (and the worker)."""
     import uvicorn
 
+    from app.core.cork import CorkedHttpToolsProtocol
     from app.core.logging import configure_logging
 
     settings = _settings()
@@ -123,6 +124,7 @@ def serve(
             access_log=False,
             log_config=None,
             proxy_headers=False,
+            http=CorkedHttpToolsProtocol,
             # Open event streams would otherwise hold a restart until their next heartbeat.
             timeout_graceful_shutdown=5,
         )

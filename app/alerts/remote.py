@@ -39,6 +39,7 @@ from app.alerts.parsers import ParsedAlert
 from app.alerts.writer import DuplicateWebhook, IngestWriter
 from app.core import collector
 from app.core.config import Settings
+from app.core.cork import Cork
 from app.core.errors import ProblemError, Unavailable, is_database_unavailable
 from app.core.jsonutil import dumps, loads
 from app.core.metrics import INGEST_GROUP
@@ -91,7 +92,7 @@ class RemoteWriter:
         self.on_deliveries = on_deliveries
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future[tuple[str, Any]]] = {}
-        self._stream: asyncio.StreamWriter | None = None
+        self._stream: Cork | None = None
         self._connecting = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
 
@@ -134,7 +135,7 @@ class RemoteWriter:
             return False
         return True
 
-    async def _connect(self, wait: float = CONNECT_WAIT) -> asyncio.StreamWriter:
+    async def _connect(self, wait: float = CONNECT_WAIT) -> Cork:
         if self._stream is not None and not self._stream.is_closing():
             return self._stream
         async with self._connecting:
@@ -143,7 +144,10 @@ class RemoteWriter:
             deadline = time.monotonic() + wait
             while True:
                 try:
-                    reader, self._stream = await asyncio.open_unix_connection(self.path)
+                    reader, writer = await asyncio.open_unix_connection(self.path)
+                    # The frames of the requests that reach this point in one turn of the
+                    # loop go out as one write.
+                    self._stream = Cork(writer)
                     break
                 except OSError as exc:
                     if time.monotonic() > deadline:
@@ -154,7 +158,7 @@ class RemoteWriter:
                                                name="crisisflow-ingest-client")
             return self._stream
 
-    async def _receive(self, reader: asyncio.StreamReader, stream: asyncio.StreamWriter) -> None:
+    async def _receive(self, reader: asyncio.StreamReader, stream: Cork) -> None:
         try:
             while True:
                 message = await _read(reader)
@@ -198,9 +202,9 @@ class IngestServer:
     def __init__(self, settings: Settings, path: str) -> None:
         self.settings = settings
         self.path = path
-        self._clients: set[asyncio.StreamWriter] = set()
+        self._clients: set[Cork] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._origin: dict[int, asyncio.StreamWriter] = {}
+        self._origin: dict[int, Cork] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         from app.bootstrap import build_env, open_database
@@ -243,7 +247,9 @@ class IngestServer:
         for client in self._clients:
             client.write(frame)
 
-    async def _serve(self, reader: asyncio.StreamReader, stream: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A group's answers all go out in one turn of the loop: one write for them all.
+        stream = Cork(writer)
         self._clients.add(stream)
         try:
             while True:
@@ -257,7 +263,7 @@ class IngestServer:
             self._clients.discard(stream)
             stream.close()
 
-    async def _answer(self, message: Any, stream: asyncio.StreamWriter) -> None:
+    async def _answer(self, message: Any, stream: Cork) -> None:
         request_id, rows, actor, key_id, webhook_id = message
         alerts = _alerts_in(rows)
         reply: tuple[str, Any]
