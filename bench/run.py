@@ -215,15 +215,18 @@ class Run:
                 self.register_pool(server, key)  # the ingest process is up once this is done
                 ingest = common.ingest_pids(common.group_pids(server.proc.pid))
                 log(f"  ingest process {ingest or 'none (alerts written in the API process)'}")
-                profiler = self.start_profiler(tag, watch[0]) if self.cfg.profile else None
+                profilers = [(t, self.start_profiler(t, pid)) for t, pid in
+                             [(tag, watch[0]), *((f"{tag}-ingest-process", p) for p in ingest)]
+                             ] if self.cfg.profile else []
                 try:
                     with RssSampler(watch + ingest) as rss:
                         res = self.wrk(server, "ingest.lua", connections=self.cfg.connections,
                                        duration=self.cfg.duration, timeout_s=10, tag=tag,
                                        key=key)
                 finally:
-                    if profiler:
-                        self.finish_profiler(tag, profiler)
+                    for t, profiler in profilers:
+                        if profiler:
+                            self.finish_profiler(t, profiler)
                 hwm = {p: kib(proc_status(p).get("VmHWM")) for p in watch}
                 ingest_hwm = {p: kib(proc_status(p).get("VmHWM")) for p in ingest}
             finally:

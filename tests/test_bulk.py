@@ -19,8 +19,9 @@ from sqlmodel import SQLModel
 
 from app.alerts.models import Alert
 from app.core.bulk import insert_rows
-from app.core.jsonutil import dumps_utc
-from app.core.rawrows import sqlite_time_json, time_json
+from app.core.db import make_sync_engine
+from app.core.jsonutil import dumps, dumps_utc
+from app.core.rawrows import postgresql_time_sql, sqlite_time_sql
 from app.core.types import UTCDateTime, row_of, table_of, unvalidated
 from app.incidents.models import Category, Incident, IncidentPublic, Severity, State
 from app.incidents.search import fold
@@ -169,10 +170,9 @@ def test_event_snapshot_is_the_public_representation() -> None:
     assert datetime.fromisoformat(snapshot(inc)["created_at"]) == NOW
 
 
-def test_listed_times_read_as_the_serialised_datetimes() -> None:
-    """SQLite's stored text goes to the response without becoming a datetime: it must read
-    exactly as the datetime would have been written."""
-    processor = UTCDateTime().bind_processor(sqlite.dialect())
+def test_listed_times_read_as_the_serialised_datetimes(db_url: str, backend: str) -> None:
+    """The list has the database write each row as JSON, datetimes included: they must read
+    exactly as pydantic (`dumps_utc`) writes the datetime the ORM reads back."""
     rng = random.Random(7)
     start = datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC)
     samples = [start, start.replace(microsecond=1), start.replace(microsecond=999999),
@@ -180,14 +180,30 @@ def test_listed_times_read_as_the_serialised_datetimes() -> None:
     samples += [start + timedelta(seconds=rng.randrange(10**9),
                                   microseconds=rng.choice([0, rng.randrange(10**6)]))
                 for _ in range(3000)]
-    for at in samples:
-        written = dumps_utc(at.astimezone(UTC)).decode()[1:-1]  # as read back from the DB
-        assert sqlite_time_json(processor(at)) == written, at
-        assert time_json(at.astimezone(ICT)) == written, at
-    # what another tool may have written: no fraction, or a "T"
-    assert sqlite_time_json("2026-11-26 15:04:05") == "2026-11-26T15:04:05Z"
-    assert sqlite_time_json("2026-11-26T15:04:05.250") == "2026-11-26T15:04:05.250000Z"
-    assert sqlite_time_json(None) is None and time_json(None) is None
+    expected = [dumps_utc(at.astimezone(UTC)).decode()[1:-1] for at in samples]
+    engine = make_sync_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            if backend == "sqlite":
+                processor = UTCDateTime().bind_processor(sqlite.dialect())
+                stored = [processor(at) for at in samples]
+                # What another tool may have written: no fraction, a "T", an offset.
+                stored += ["2026-11-26 15:04:05", "2026-11-26T15:04:05.250",
+                           "2026-11-26T22:04:05+07:00", None]
+                expected += ["2026-11-26T15:04:05Z", "2026-11-26T15:04:05.250Z",
+                             "2026-11-26T15:04:05.000Z", None]
+                sql = (f"SELECT {sqlite_time_sql('value')} FROM json_each(?) ORDER BY key")
+                params: Any = (dumps(stored).decode(),)
+            else:
+                samples.append(None)  # type: ignore[arg-type]
+                expected.append(None)  # type: ignore[arg-type]
+                sql = (f"SELECT {postgresql_time_sql('x')} FROM unnest(%s::timestamptz[]) "
+                       "WITH ORDINALITY AS v(x, i) ORDER BY i")
+                params = ([at.astimezone(ICT) if at else None for at in samples],)
+            got = [row[0] for row in conn.exec_driver_sql(sql, params)]
+    finally:
+        engine.dispose()
+    assert got == expected
 
 
 def test_held_statements_land_in_order_or_fail_as_one(client: TestClient, backend: str) -> None:
