@@ -55,6 +55,7 @@ TARGETS = {
     "ingest_ratio": 0.5, "ingest_p99_ms": 50.0, "batch_alerts_s": 20_000.0,
     "escalation_p99_ms": 250.0, "reads_p95_ms": 50.0, "rss_mib": 300.0,
 }
+_BASELINE_UNITS = {"single": "req/s", "batch": "alerts/s"}
 READ_PATHS = {
     "filters": "/api/v1/incidents?state=assessed&severity=high&limit=50",
     "q": "/api/v1/incidents?q=tin%20gia&limit=50",
@@ -92,7 +93,7 @@ class Run:
         self.cfg = cfg
         self.rows: list[Row] = []
         # Every measurement of the baseline, by kind ("single", "batch"): each ratio is taken
-        # against the one measured right before its benchmark (`measure_baseline`).
+        # against the mean of those right before and right after its benchmark (`around`).
         self.baselines: dict[str, list[tuple[float, WrkResult]]] = {"single": [], "batch": []}
         self.issues: list[str] = []
         self.pool_file = RESULTS / "pool.jsonl"
@@ -185,15 +186,14 @@ class Run:
         after = self.measure_baseline(kind)
         if before is None or after is None:
             return None, ""
-        unit = "req/s" if kind == "single" else "alerts/s"
-        return (before + after) / 2, f"baseline before/after: {before:,.0f}/{after:,.0f} {unit}"
+        return ((before + after) / 2,
+                f"baseline before/after: {before:,.0f}/{after:,.0f} {_BASELINE_UNITS[kind]}")
 
     def baseline_rows(self) -> list[Row]:
         """One row per kind: every measurement of the run, in order."""
         rows = []
-        for kind, label, unit in (("single", "baseline: 1 alert/request", "req/s"),
-                                  ("batch", f"baseline: {self.cfg.batch_size} alerts/request",
-                                   "alerts/s")):
+        for kind, label in (("single", "baseline: 1 alert/request"),
+                            ("batch", f"baseline: {self.cfg.batch_size} alerts/request")):
             runs = self.baselines[kind]
             if not runs:
                 continue
@@ -201,7 +201,8 @@ class Run:
             p99 = ", ".join(fmt_ms(res.p("p99")) for _, res in runs)
             times = "measured once" if len(runs) == 1 else \
                 f"measured {len(runs)} times, before and after each benchmark judged against it"
-            rows.append(Row(label, "none", f"{rates} {unit} (p99 {p99}; {times})", "1.00×"))
+            rows.append(Row(label, "none", f"{rates} {_BASELINE_UNITS[kind]} (p99 {p99}; {times})",
+                            "1.00×"))
         return rows
 
     # -- 1 + 5 + 6: ingest, peak RSS, scale-out -------------------------------------------

@@ -304,7 +304,7 @@ class Driver:
     async def execute_all(self, statements: list[tuple[str, Any]]) -> list[list[Any]]:
         """Each statement's rows, in order: on PostgreSQL in one pipeline, so together (and
         with the BEGIN that opens the transaction) they cost one round trip."""
-        if self._pg is None or len(statements) == 1:
+        if self._pg is None:
             return [await self.execute(sql, params) for sql, params in statements]
         return await _pg_run(self._pg, statements)
 

@@ -6,7 +6,8 @@ building a dict per row from raw values instead still cost a third of a listing'
 values and 400 datetimes in a page of 50 incidents). Here the database writes each row as
 one JSON object (`json_objects`), which the response embeds as it is: datetimes as the
 RFC 3339 text pydantic and `dumps_utc` write (`T`, microseconds only when not zero, `Z`),
-JSON columns as JSON, booleans as booleans.
+JSON columns as JSON, booleans as booleans. `row_function` serves the driver's whole-row
+reads (`app.core.bulk.select_rows`), which need Python values.
 """
 
 from __future__ import annotations
