@@ -94,6 +94,70 @@ def test_driver_inserts_store_what_the_orm_stores(client: TestClient, backend: s
     assert got["affected_agencies"] == ["MOF", "MOH"] and got["assessment"] is None
 
 
+# Text that COPY's text format must escape, and JSON with it inside.
+AWKWARD = "tab\there\nnew line\r\\N back\\slash \\. \"quoted\" ✓ Tiếng Việt"
+
+
+def test_many_rows_store_what_the_orm_stores_and_fail_as_one(
+        client: TestClient, backend: str, admin: dict[str, str]) -> None:
+    """From COPY_MIN_ROWS rows on, PostgreSQL takes rows by COPY (SQLite by executemany):
+    awkward text, JSON, NULLs and zone-aware times are stored exactly as the ORM stores them,
+    rows held in `pipelined` land in order around the COPY, and a COPY that fails (a
+    foreign key) is SQLAlchemy's IntegrityError where the block ends, storing nothing of it."""
+    from app.core.bulk import COPY_MIN_ROWS, pipelined
+    from app.incidents.models import ReferenceCounter
+
+    db = client.app.state.db  # type: ignore[attr-defined]
+    counters = table_of(ReferenceCounter)
+
+    def alert(id_: str) -> dict[str, Any]:
+        return {**_alert(id_, "copy"), "title": AWKWARD, "source": AWKWARD[::-1],
+                "group_key": None if id_.endswith("0") else AWKWARD,
+                "labels": {AWKWARD: AWKWARD, "k": "v"}, "raw": AWKWARD,
+                "observed_at": NOW, "resolved_at": None}
+
+    many = [alert(f"copy-{i:04d}") for i in range(COPY_MIN_ROWS + 1)]
+
+    async def write() -> None:
+        async with db.transaction() as session:
+            session.add(Incident.model_validate(_incident("copy")))
+            await session.flush()
+            session.add(Alert.model_validate(alert("orm-0")))
+            session.add(Alert.model_validate(alert("orm-1")))
+            await session.flush()
+            async with pipelined(session):
+                await insert_rows(session, counters, [{"year": 1, "value": 1}])
+                await insert_rows(session, table_of(Alert), many)
+                await insert_rows(session, counters, [{"year": 2, "value": 2}])
+            with pytest.raises(sa.exc.IntegrityError):
+                async with session.begin_nested(), pipelined(session):
+                    await insert_rows(session, counters, [{"year": 3, "value": 3}])
+                    await insert_rows(session, table_of(Alert), [
+                        {**alert(f"orphan-{i:04d}"), "incident_id": "no-such-incident"}
+                        for i in range(COPY_MIN_ROWS)])
+
+    async def read() -> tuple[list[dict[str, Any]], list[Any], int]:
+        async with db.transaction() as session:
+            conn = await session.connection()
+            stored = await conn.run_sync(lambda c: [
+                _stored(c, "alert", id_) for id_ in ("orm-0", "copy-0000", "orm-1", "copy-0001")])
+            years = (await session.execute(sa.select(counters.c.year))).scalars().all()
+            orphans = (await session.execute(sa.select(sa.func.count()).select_from(
+                table_of(Alert)).where(table_of(Alert).c.id.like("orphan-%")))).scalar_one()
+            return stored, sorted(years), orphans
+
+    client.portal.call(write)
+    stored, years, orphans = client.portal.call(read)
+    for orm_row, bulk_row in (stored[:2], stored[2:]):
+        differing = {k for k in orm_row if orm_row[k] != bulk_row[k]}
+        assert differing == {"id"}, {k: (orm_row[k], bulk_row[k]) for k in differing}
+    assert years == [1, 2] and orphans == 0
+    got = client.get("/api/v1/incidents/copy/alerts?limit=200",
+                     headers=admin).json()["items"]
+    assert len(got) == 200 and got[0]["title"] == AWKWARD
+    assert got[0]["labels"] == {AWKWARD: AWKWARD, "k": "v"}
+
+
 def test_events_are_numbered_in_list_order_and_conflicts_raise_as_usual(
         client: TestClient, backend: str) -> None:
     """Events go in with INSERT ... RETURNING (multi-row VALUES, several statements for a
@@ -369,3 +433,49 @@ def test_a_pipeline_cancelled_midway_leaves_the_database_usable(db_url: str) -> 
     assert rows == [[(7,)], [("tám",)]]
     assert stored == []  # the cancelled transaction's insert never committed
     assert took < 2.5  # not waiting for the abandoned statement to finish
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_copy_cancelled_midway_leaves_the_database_usable(db_url: str) -> None:
+    """The same for rows going in by COPY: the next transaction on the pool's one connection
+    runs at once and sees nothing of the cancelled one."""
+    import asyncio
+
+    from app.core.bulk import COPY_MIN_ROWS, driver
+    from app.core.db import Database
+    from app.incidents.models import ReferenceCounter
+
+    engine = make_sync_engine(db_url)
+    with engine.begin() as conn:  # each row takes 10 ms to go in
+        conn.exec_driver_sql(
+            "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.01); RETURN NEW; END $$")
+        conn.exec_driver_sql("CREATE TRIGGER slow BEFORE INSERT ON reference_counter "
+                             "FOR EACH ROW EXECUTE FUNCTION slow_row()")
+    engine.dispose()
+    db = Database(db_url, pool_size=1)
+
+    async def slow() -> None:
+        async with db.transaction() as session:
+            await insert_rows(session, table_of(ReferenceCounter),
+                              [{"year": 3000 + i, "value": 1} for i in range(COPY_MIN_ROWS)])
+
+    async def scenario() -> tuple[list[list[Any]], list[Any], float]:
+        task = asyncio.create_task(slow())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with db.transaction() as session:
+            rows = await (await driver(session)).execute_all([("SELECT ?::int", (7,))])
+        return rows, await _years(db), loop.time() - started
+
+    try:
+        rows, stored, took = asyncio.run(scenario())
+    finally:
+        asyncio.run(db.dispose())
+    assert rows == [[(7,)]]
+    assert stored == []
+    assert took < 1.0  # not waiting for the abandoned COPY to finish

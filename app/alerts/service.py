@@ -203,9 +203,10 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
     await incidents.store_openings(session, ctx.env, batch.openings)
     await session.flush()
     await _count_attached(session, ctx, batch)
+    await _save_keys(session, ctx, batch)
+    # Last: on PostgreSQL a large group's alerts go by COPY, after everything else.
     if rows:
         await insert_rows(session, table_of(Alert), rows)
-    await _save_keys(session, ctx, batch)
     return results
 
 

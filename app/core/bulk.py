@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -25,6 +25,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.db import JSON_CODEC
 from app.core.rawrows import row_function
 from app.core.types import UTCDateTime
+
+if TYPE_CHECKING:
+    from app.core.pgpipe import Copy
 
 Row = dict[str, Any]
 
@@ -39,6 +42,7 @@ class _Plan:
     marks: str  # (?, ?, ...) for one row
     # PostgreSQL: INSERT INTO t (columns) SELECT columns FROM the rows as one JSON document.
     document: str = ""
+    copy: str = ""  # PostgreSQL: COPY t (columns) FROM STDIN
 
 
 def _row_function(columns: list[tuple[str, Callable[[Any], Any] | None]]
@@ -78,16 +82,18 @@ def _plan(table: sa.Table, dialect: Dialect, suffix: str, omit: tuple[str, ...] 
         head = (f"INSERT INTO {quote.format_table(table)} "
                 f"({', '.join(quote.format_column(c) for c in columns)}) VALUES ")
         marks = f"({', '.join(['?'] * len(columns))})"
-        document = ""
+        document = copy = ""
         if dialect.name == "postgresql":
             _check_document_columns(table, columns)
             names = ", ".join(f"r.{quote.format_column(c)}" for c in columns)
             document = (f"{head[:-len('VALUES ')]}SELECT {names} FROM json_populate_recordset("
                         f"NULL::{quote.format_table(table)}, ?::json) WITH ORDINALITY AS r "
                         f"ORDER BY r.ordinality{suffix}")
+            copy = (f"COPY {quote.format_table(table)} "
+                    f"({', '.join(quote.format_column(c) for c in columns)}) FROM STDIN")
         plan = _Plan(f"{head}{marks}{suffix}",
                      _row_function([(c.key, _processor(c, dialect)) for c in columns]),
-                     head, marks, document)
+                     head, marks, document, copy)
         _plans[key] = plan
     return plan
 
@@ -101,6 +107,11 @@ async def insert_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row
         return
     db = await driver(session)
     plan = _plan(table, db.conn.dialect, suffix, tuple(omit))
+    if plan.document and not suffix and len(rows) >= COPY_MIN_ROWS:
+        from app.core import pgpipe  # PostgreSQL only
+
+        await db.copy(pgpipe.Copy(plan.copy), list(map(plan.params, rows)))
+        return
     if plan.document:
         await db.execute(plan.document, (_document(rows),), wait=False)
         return
@@ -108,6 +119,9 @@ async def insert_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row
 
 
 _DOCUMENT: Callable[[Any], str] = JSON_CODEC["json_serializer"]
+# From this many rows on, PostgreSQL takes them by COPY: it costs a round trip or two more
+# than a statement in the pipeline, and far less of the server's time per row.
+COPY_MIN_ROWS = 200
 
 
 def _document(rows: Sequence[Row]) -> str:
@@ -301,6 +315,14 @@ class Driver:
         rows: list[Any] = await self.conn.run_sync(_execute, sql, params)
         return rows
 
+    async def copy(self, copy: Copy, rows: list[tuple[Any, ...]]) -> None:
+        """PostgreSQL: `rows` by COPY, held inside `pipelined` like the statements whose
+        results nobody reads."""
+        if (held := self._info.get(_PIPELINE)) is not None:
+            held.append((copy, rows))
+            return
+        await _pg_run(self._pg, [(copy, rows)])
+
     async def execute_all(self, statements: list[tuple[str, Any]]) -> list[list[Any]]:
         """Each statement's rows, in order: on PostgreSQL in one pipeline, so together (and
         with the BEGIN that opens the transaction) they cost one round trip."""
@@ -309,8 +331,8 @@ class Driver:
         return await _pg_run(self._pg, statements)
 
 
-async def _pg_run(raw: Any, statements: list[tuple[str, Any]], *, commit: bool = False
-                  ) -> list[list[Any]]:
+async def _pg_run(raw: Any, statements: Sequence[tuple[str | Copy, Any]], *,
+                  commit: bool = False) -> list[list[Any]]:
     import psycopg  # PostgreSQL only
 
     from app.core import pgpipe
@@ -367,7 +389,7 @@ async def pipelined(session: AsyncSession, *, commit: bool = False) -> AsyncIter
         yield
         return
     conn = await session.connection()
-    held: list[tuple[str, Any]] = []
+    held: list[tuple[str | Copy, Any]] = []
     session.info[_PIPELINE] = held
     try:
         yield
