@@ -314,6 +314,27 @@ def test_explicit_fingerprint_wins_over_labels(client: TestClient, monitor: Head
     assert c["incident_id"] != a["incident_id"] and c["deduplicated"] is False
 
 
+AWKWARD_KEYS = ['say "hi"', "back\\slash", "{braced}", "a,b", " spaced ", "NULL", "", "ừ ✓"]
+
+
+def test_any_characters_in_fingerprints_and_grouping_labels_deduplicate(
+        client: TestClient, monitor: Headers) -> None:
+    """Keys are looked up as one list per group (an array on PostgreSQL): quotes,
+    backslashes, braces, commas and the word NULL are plain characters of a key."""
+    def batch(title: str) -> list[dict[str, Any]]:
+        return [alert(title, fingerprint=f"fp-{key}-{title}" if title == "b" else f"fp-{key}",
+                      labels={"topic": key or "-"}) for key in AWKWARD_KEYS]
+
+    first = client.post(f"{API}/alerts", json=batch("a"), headers=monitor).json()["results"]
+    again = client.post(f"{API}/alerts", json=batch("a"), headers=monitor).json()["results"]
+    grouped = client.post(f"{API}/alerts", json=batch("b"), headers=monitor).json()["results"]
+    assert len({r["incident_id"] for r in first}) == len(AWKWARD_KEYS)
+    assert [r["incident_id"] for r in again] == [r["incident_id"] for r in first]
+    assert all(r["deduplicated"] for r in again)
+    assert [r["incident_id"] for r in grouped] == [r["incident_id"] for r in first]
+    assert not any(r["deduplicated"] for r in grouped)
+
+
 def test_label_order_does_not_change_the_fingerprint(client: TestClient,
                                                      monitor: Headers) -> None:
     a = one(client, monitor, alert(labels={"a": "1", "b": "2", "c": "3"}))

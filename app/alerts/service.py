@@ -339,7 +339,8 @@ async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Bat
     # One statement over two arrays: an executemany is a statement per incident, which
     # psycopg adapts and the server plans one by one.
     ids, added = zip(*counts, strict=True)
-    await db.execute(_COUNT_ATTACHED_PG, (now, now, list(ids), list(added)), wait=False)
+    await db.execute(_COUNT_ATTACHED_PG, (now, now, db.listed(list(ids)),
+                                          "{" + ",".join(map(str, added)) + "}"), wait=False)
 
 
 _COUNT_ATTACHED = ("UPDATE incident SET alert_count = alert_count + ?, last_alert_at = ?, "

@@ -177,6 +177,13 @@ def _update_plan(table: sa.Table, dialect: Dialect, columns: tuple[str, ...], ke
     return plan
 
 
+def array_literal(values: list[str]) -> str:
+    """A PostgreSQL array of text as its literal: psycopg adapts a list element by element in
+    Python, five times slower (2 ms for the 2,000 keys a group of batches looks up)."""
+    return "{" + ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                           for v in values]) + "}"
+
+
 # `column IN list`, with the whole list as one parameter (`Driver.listed`): SQLAlchemy's
 # expanding IN costs more per value than the lookup itself.
 IN_LIST = {"sqlite": "IN (SELECT value FROM json_each(?))", "postgresql": "= ANY(?)"}
@@ -288,9 +295,9 @@ class Driver:
         """A datetime as the UTC columns store it."""
         return self._time(value)
 
-    def listed(self, values: list[Any]) -> Any:
+    def listed(self, values: list[str]) -> str:
         """`values` as the one parameter of an `IN_LIST`."""
-        return _DOCUMENT(values) if self.sqlite else values
+        return _DOCUMENT(values) if self.sqlite else array_literal(values)
 
     async def execute(self, sql: str, params: Any, *, wait: bool = True) -> list[Any]:
         """`params`: one tuple, or a list of tuples (executemany). `wait=False`: the caller
