@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,31 @@ def _stored_alert_ids(url: str) -> set[str]:
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn) as conn:
         return {r[0] for r in conn.execute("SELECT id FROM alert").fetchall()}
+
+
+def test_a_database_restart_between_requests_fails_none_of_them(
+        private_pg: PrivatePostgres) -> None:
+    """Pooled connections are not pinged at every use, yet none that a restart ended is used:
+    the first requests after the restart, reads and ingestion alike, are answered."""
+    from app.main import create_app
+
+    upgrade(private_pg.url)
+    settings = Settings(database_url=private_pg.url, log_json=False, access_log=False,
+                        ingest_rate_limit=0)
+    app = create_app(settings, run_worker=False)
+    headers = {"Authorization": f"Bearer {_monitor_key(private_pg.url)}"}
+    with live_server(app) as base, httpx.Client(base_url=base, headers=headers,
+                                                timeout=30) as http:
+        def ingest(n: int) -> int:
+            body = [{"source": "restart-test", "title": f"Cảnh báo {n}.{i}",
+                     "fingerprint": f"fp-{n}-{i}"} for i in range(3)]
+            return http.post("/api/v1/alerts", json=body).status_code
+
+        # Several connections in the pool, each used and returned.
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(ingest, range(16))) == {202}
+        private_pg.stop()
+        private_pg.start()
+        assert [ingest(100 + n) for n in range(5)] == [202] * 5
+        assert http.get("/readyz").status_code == 200
+    assert len(_stored_alert_ids(private_pg.url)) == 3 * 21

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import select
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -137,6 +138,42 @@ def make_sync_engine(url: str) -> sa.Engine:
     return engine
 
 
+# A pooled PostgreSQL connection is pinged before use only when it may have gone stale: idle
+# this long (a firewall dropping quiet flows), or with bytes waiting on its socket (a server
+# that shuts down or ends the session says so and closes it). Pinging at every checkout
+# (pool_pre_ping) cost a round trip per transaction: a tenth of a small ingest group's time.
+PING_AFTER_IDLE_S = 30.0
+
+
+def _ping_when_stale(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None:  # a new connection
+            return
+        if time.monotonic() - idle_since < PING_AFTER_IDLE_S and not _has_input(dbapi_conn):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            # Like pool_pre_ping: every connection pooled before now is replaced too.
+            raise sa.exc.InvalidatePoolError() from exc
+
+
+def _has_input(dbapi_conn: Any) -> bool:
+    try:
+        fd = dbapi_conn.driver_connection.pgconn.socket
+    except Exception:  # closed already
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class Database:
     """Holds the write and read engines of one process."""
 
@@ -163,9 +200,10 @@ class Database:
             from app.core import pgpipe
 
             self.engine = create_async_engine(
-                aurl, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True,
+                aurl, pool_size=pool_size, max_overflow=pool_size * 2,
                 pool_timeout=10, connect_args=pgpipe.CONNECT_ARGS, **JSON_CODEC,
             )
+            _ping_when_stale(self.engine.sync_engine)
             self.read_engine = self.engine
             self.checkpointer = None
         self._write = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
