@@ -107,16 +107,18 @@ async def run(conn: psycopg.AsyncConnection[Any],
     PostgreSQL does in a pipeline, and `Failed` is raised; the transaction is then aborted
     and the caller rolls it back."""
     out: list[list[tuple[Any, ...]]] = []
-    start = 0
-    for i, (sql, rows) in enumerate(statements):
+    pending: list[tuple[str, Params]] = []  # statements for the next pipeline
+    for sql, params in statements:
         if isinstance(sql, Copy):
-            if i > start:
-                out += await _pipeline(conn, statements[start:i])  # type: ignore[arg-type]
-            await _copy(conn, sql, rows)  # type: ignore[arg-type]
+            if pending:
+                out += await _pipeline(conn, pending)
+                pending = []
+            await _copy(conn, sql, params if isinstance(params, list) else [])
             out.append([])
-            start = i + 1
-    if start < len(statements) or commit or not statements:
-        out += await _pipeline(conn, statements[start:], commit=commit)  # type: ignore[arg-type]
+        else:
+            pending.append((sql, params))
+    if pending or commit or not statements:
+        out += await _pipeline(conn, pending, commit=commit)
     return out
 
 
