@@ -479,3 +479,44 @@ def test_a_copy_cancelled_midway_leaves_the_database_usable(db_url: str) -> None
     assert rows == [[(7,)]]
     assert stored == []
     assert took < 1.0  # not waiting for the abandoned COPY to finish
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_prepared_statements_are_planned_again_once_old(
+        db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement prepared on a nearly empty table would keep the plan chosen then: after a
+    while it is prepared again (the old one deallocated), and answers the same."""
+    import asyncio
+
+    import psycopg
+
+    from app.core import pgpipe
+
+    dsn = db_url.replace("postgresql+psycopg://", "postgresql://")
+    query = "SELECT count(*) FROM reference_counter WHERE year = ANY(?::int[])"
+    listing = "SELECT statement FROM pg_prepared_statements WHERE statement LIKE ?"
+
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(pgpipe, "time", SimpleNamespace(monotonic=lambda: clock.now))
+
+    async def scenario() -> list[Any]:
+        conn = await psycopg.AsyncConnection.connect(dsn, **pgpipe.CONNECT_ARGS)
+        try:
+            seen = []
+            for round_ in range(3):
+                if round_ == 2:
+                    clock.now += pgpipe.REPLAN_FIRST_S + 0.1
+                rows, prepared = await pgpipe.run(conn, [
+                    (query, ("{1,2}",)), (listing, ("%reference_counter%",))], commit=True)
+                seen.append((rows, len(prepared)))
+                names = await pgpipe.run(conn, [
+                    ("SELECT name FROM pg_prepared_statements WHERE statement LIKE ?",
+                     ("%reference_counter WHERE%",))], commit=True)
+                seen.append(names[0])
+            return seen
+        finally:
+            await conn.close()
+
+    first, first_names, second, second_names, third, third_names = asyncio.run(scenario())
+    assert first == second == third == ([(0,)], 1)  # one prepared statement, same answer
+    assert first_names == second_names != third_names  # prepared again in round 3

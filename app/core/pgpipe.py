@@ -9,9 +9,13 @@ result in one pass: about 10 µs a statement.
 
 Each statement is prepared on the server once per connection (unprepared, the server
 planned the group's statements anew every time, and ingestion was slower than with
-psycopg's cursors). psycopg's own automatic preparing is off on these connections
-(`CONNECT_ARGS`): on every rollback it deallocates all of a connection's prepared
-statements, ours with its own.
+psycopg's cursors), and prepared again after 1 s, then 2 s, 4 s and so on up to
+REPLAN_MAX_S: PostgreSQL keeps the generic plan it chose after a statement's first runs,
+and one chosen while a table was nearly empty (a sequential scan of the open clocks, say)
+stayed in use, ever slower, as a storm filled that table, until autovacuum's next ANALYZE.
+Tables grow fastest, relative to their size, when they are new. psycopg's own automatic
+preparing is off on these connections (`CONNECT_ARGS`): on every rollback it deallocates
+all of a connection's prepared statements, ours with its own.
 
 Many whole rows go in by COPY (`Copy`), which libpq cannot send inside a pipeline: the
 statements before it go in one pipeline, then the COPY, then the rest. The server takes a
@@ -26,6 +30,7 @@ import contextlib
 import functools
 import itertools
 import re
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,8 +52,19 @@ _IDLE = pq.TransactionStatus.IDLE
 _ERRORS = frozenset({pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.BAD_RESPONSE,
                      pq.ExecStatus.NONFATAL_ERROR})
 _names = itertools.count()
-# Per connection: the statements prepared on it, by key, with their names.
-_prepared: weakref.WeakKeyDictionary[Any, dict[Key, bytes]] = weakref.WeakKeyDictionary()
+REPLAN_FIRST_S = 1.0
+REPLAN_MAX_S = 60.0
+
+
+@dataclass(slots=True)
+class _Prepared:
+    name: bytes
+    replan_at: float  # time.monotonic()
+    interval: float  # until the next time after that
+
+
+# Per connection: the statements prepared on it, by key.
+_prepared: weakref.WeakKeyDictionary[Any, dict[Key, _Prepared]] = weakref.WeakKeyDictionary()
 
 
 @functools.lru_cache(maxsize=512)
@@ -76,7 +92,8 @@ class _Sent:
 
     sql: str
     rows: int | None = None  # where its rows go in the output (None: nowhere)
-    prepares: tuple[Key, bytes] | None = None  # a PREPARE: what it makes known once done
+    prepares: tuple[Key, _Prepared] | None = None  # a PREPARE: made known once done
+    drops: tuple[Key, bytes] | None = None  # a DEALLOCATE: made unknown once done
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +204,8 @@ async def _abandon(conn: psycopg.AsyncConnection[Any], pipe: _Pipeline) -> None:
 
 
 class _Pipeline:
-    def __init__(self, pg: Any, tx: abc.Transformer, prepared: dict[Key, bytes]) -> None:
+    def __init__(self, pg: Any, tx: abc.Transformer,
+                 prepared: dict[Key, _Prepared]) -> None:
         self.pg = pg
         self.tx = tx
         self.prepared = prepared
@@ -208,12 +226,20 @@ class _Pipeline:
         types = tuple(self.tx.types or ())
         formats = list(self.tx.formats or ()) or None
         key = (query, types)
-        name = self.prepared.get(key) or self.preparing.get(key)
+        name = self.preparing.get(key)
+        known = self.prepared.get(key)
+        interval = REPLAN_FIRST_S
+        if known is not None and name is None:
+            name = known.name
+            if time.monotonic() > known.replan_at:  # prepared again below
+                self.pg.send_query_params(b'DEALLOCATE "' + name + b'"', None)
+                self.sent.append(_Sent(sql, drops=(key, name)))
+                name, interval = None, min(known.interval * 2, REPLAN_MAX_S)
         if name is None and len(self.prepared) + len(self.preparing) < MAX_PREPARED:
             name = f"_cf_{next(_names)}".encode()
             self.pg.send_prepare(name, query, param_types=types or None)
             self.preparing[key] = name
-            self.sent.append(_Sent(sql, prepares=(key, name)))
+            self.sent.append(_Sent(sql, prepares=(key, _Prepared(name, 0.0, interval))))
         if name is None:
             self.pg.send_query_params(query, values or None, param_types=types or None,
                                       param_formats=formats)
@@ -246,8 +272,14 @@ class _Pipeline:
                 self.tx.set_pgresult(result)
                 self.out[sent.rows] = self.tx.load_rows(0, result.ntuples, tuple)
             elif status == pq.ExecStatus.COMMAND_OK and sent.prepares is not None:
-                key, name = sent.prepares
-                self.prepared[key] = name
+                key, made = sent.prepares
+                made.replan_at = time.monotonic() + made.interval
+                self.prepared[key] = made
+            elif status == pq.ExecStatus.COMMAND_OK and sent.drops is not None:
+                key, name = sent.drops
+                known = self.prepared.get(key)
+                if known is not None and known.name == name:
+                    del self.prepared[key]
             elif status in _ERRORS and self.error is None:
                 self.error = Failed(
                     psycopg.errors.error_from_result(result, encoding=encoding), sent.sql)
