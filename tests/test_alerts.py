@@ -1177,12 +1177,18 @@ def test_concurrent_posts_to_two_api_processes_open_one_incident(
 def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
     """Requests committed together: when one of them cannot be stored (here a second copy of
     a signed webhook racing the first), the others are still stored and answered, and the
-    loser is told to replay the winner's result."""
+    loser is told to replay the winner's result. The others are arrays large enough to go
+    in by COPY on PostgreSQL, together at first and then each in its own savepoint."""
     import asyncio
 
     from app.alerts.parsers import parse_generic
     from app.alerts.writer import DuplicateWebhook, IngestWriter
     from app.bootstrap import build_env, open_database
+    from app.core.bulk import COPY_MIN_ROWS
+
+    def many(name: str) -> list[Any]:
+        return parse_generic([alert(fingerprint=f"{name}-{i:03d}")
+                              for i in range(COPY_MIN_ROWS)])
 
     async def scenario() -> list[Any]:
         db = open_database(settings)
@@ -1191,10 +1197,10 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
         writer.start()
         try:
             submit = [
-                writer.submit(parse_generic(alert(fingerprint="ok-1")), "m", "k1"),
+                writer.submit(many("ok-1"), "m", "k1"),
                 writer.submit(parse_generic(alert(fingerprint="hook")), "m", "k1", "msg-1"),
                 writer.submit(parse_generic(alert(fingerprint="hook")), "m", "k1", "msg-1"),
-                writer.submit(parse_generic(alert(fingerprint="ok-2")), "m", "k1"),
+                writer.submit(many("ok-2"), "m", "k1"),
             ]
             return await asyncio.gather(*submit, return_exceptions=True)
         finally:
@@ -1214,7 +1220,8 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
             fingerprints = sorted(conn.execute(sa.select(Alert.fingerprint)).scalars())
     finally:
         engine.dispose()
-    assert fingerprints == ["hook", "ok-1", "ok-2"]
+    assert fingerprints == ["hook", *(f"ok-{n}-{i:03d}" for n in (1, 2)
+                                      for i in range(COPY_MIN_ROWS))]
 
 
 def test_requests_a_turn_of_the_loop_apart_share_one_transaction(settings: Settings) -> None:
