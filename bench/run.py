@@ -1,6 +1,6 @@
 """Run the crisisflow benchmarks and print one table (`make bench` = every benchmark).
 
-    python -m bench.run                                   # the full spec (~11-14 min on 2 cores)
+    python -m bench.run                                   # the full spec (~10-14 min on 2 cores)
     python -m bench.run --only ingest --backend sqlite --duration 5
     python -m bench.run --only ingest --backend sqlite --profile   # + py-spy of the server
 

@@ -23,7 +23,14 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.agencies.models import Agency
 from app.alerts.models import Alert, AlertKey, AlertPublic, Outcome
 from app.alerts.parsers import ParsedAlert
-from app.core.bulk import IN_LIST, driver, insert_rows, select_rows, update_rows
+from app.core.bulk import (
+    IN_LIST,
+    array_literal,
+    driver,
+    insert_rows,
+    select_rows,
+    update_rows,
+)
 from app.core.ids import new_id
 from app.core.jsonutil import dumps
 from app.core.pagination import Page, decode_cursor, encode_cursor, keyset
@@ -339,8 +346,8 @@ async def _count_attached(session: AsyncSession, ctx: IngestContext, batch: _Bat
     # One statement over two arrays: an executemany is a statement per incident, which
     # psycopg adapts and the server plans one by one.
     ids, added = zip(*counts, strict=True)
-    await db.execute(_COUNT_ATTACHED_PG, (now, now, db.listed(list(ids)),
-                                          "{" + ",".join(map(str, added)) + "}"), wait=False)
+    await db.execute(_COUNT_ATTACHED_PG, (now, now, array_literal(list(ids)),
+                                          array_literal([str(n) for n in added])), wait=False)
 
 
 _COUNT_ATTACHED = ("UPDATE incident SET alert_count = alert_count + ?, last_alert_at = ?, "

@@ -42,7 +42,7 @@ class _Plan:
     marks: str  # (?, ?, ...) for one row
     # PostgreSQL: INSERT INTO t (columns) SELECT columns FROM the rows as one JSON document.
     document: str = ""
-    copy: str = ""  # PostgreSQL: COPY t (columns) FROM STDIN
+    copy: str = ""  # PostgreSQL, without a suffix: COPY t (columns) FROM STDIN
 
 
 def _row_function(columns: list[tuple[str, Callable[[Any], Any] | None]]
@@ -79,18 +79,19 @@ def _plan(table: sa.Table, dialect: Dialect, suffix: str, omit: tuple[str, ...] 
     if plan is None:
         quote = dialect.identifier_preparer
         columns = [c for c in table.columns if c.key not in omit]
-        head = (f"INSERT INTO {quote.format_table(table)} "
-                f"({', '.join(quote.format_column(c) for c in columns)}) VALUES ")
+        target = (f"{quote.format_table(table)} "
+                  f"({', '.join(quote.format_column(c) for c in columns)})")
+        head = f"INSERT INTO {target} VALUES "
         marks = f"({', '.join(['?'] * len(columns))})"
         document = copy = ""
         if dialect.name == "postgresql":
             _check_document_columns(table, columns)
             names = ", ".join(f"r.{quote.format_column(c)}" for c in columns)
-            document = (f"{head[:-len('VALUES ')]}SELECT {names} FROM json_populate_recordset("
+            document = (f"INSERT INTO {target} SELECT {names} FROM json_populate_recordset("
                         f"NULL::{quote.format_table(table)}, ?::json) WITH ORDINALITY AS r "
                         f"ORDER BY r.ordinality{suffix}")
-            copy = (f"COPY {quote.format_table(table)} "
-                    f"({', '.join(quote.format_column(c) for c in columns)}) FROM STDIN")
+            if not suffix:  # COPY has no ON CONFLICT
+                copy = f"COPY {target} FROM STDIN"
         plan = _Plan(f"{head}{marks}{suffix}",
                      _row_function([(c.key, _processor(c, dialect)) for c in columns]),
                      head, marks, document, copy)
@@ -107,7 +108,7 @@ async def insert_rows(session: AsyncSession, table: sa.Table, rows: Sequence[Row
         return
     db = await driver(session)
     plan = _plan(table, db.conn.dialect, suffix, tuple(omit))
-    if plan.document and not suffix and len(rows) >= COPY_MIN_ROWS:
+    if plan.copy and len(rows) >= COPY_MIN_ROWS:
         from app.core import pgpipe  # PostgreSQL only
 
         await db.copy(pgpipe.Copy(plan.copy), list(map(plan.params, rows)))
