@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = False) ->
         app.state.worker = None
         if settings.ingest_socket:
             app.state.ingest = RemoteWriter(settings.ingest_socket, db.events_committed,
-                                            db.deliveries_committed)
+                                            db.deliveries_committed, settings.group_by,
+                                            settings.raw_alert_max_bytes)
         else:
             app.state.ingest = IngestWriter(db, env, settings.group_by,
                                             settings.raw_alert_max_bytes)

@@ -188,7 +188,8 @@ def test_an_unreachable_database_is_503_through_the_ingest_process(tmp_path: Pat
     async def main() -> None:
         stop = asyncio.Event()
         server = asyncio.create_task(IngestServer(settings, path).run(stop))
-        client = RemoteWriter(path, lambda: woken.append(True), lambda: woken.append(True))
+        client = RemoteWriter(path, lambda: woken.append(True), lambda: woken.append(True),
+                              settings.group_by, settings.raw_alert_max_bytes)
         with pytest.raises(Unavailable, match="database"):
             await client.submit(parse_generic(_alert("fp-1", "t")), "monitor", "k-1")
         stop.set()
@@ -251,3 +252,59 @@ def test_ctrl_c_stops_serve_and_its_ingest_process_quietly(db_url: str, tmp_path
     text = log.read_text()
     levels = {line.split()[2] for line in text.splitlines() if line[:4].isdigit()}
     assert not levels & {"WARNING", "ERROR", "CRITICAL"} and "Traceback" not in text, text
+
+
+@pytest.mark.parametrize("through", ["in-process writer", "ingest process"])
+def test_a_long_payload_is_stored_cut_once_and_grouped_the_same_either_way(
+        db_url: str, tmp_path: Path, through: str) -> None:
+    """The API process prepares what it hands over (group key, stored payload text): the
+    ingest process must store it as the in-process writer does, not cut it a second time."""
+    import sqlalchemy as sa
+
+    from app.alerts.parsers import parse_generic
+    from app.alerts.remote import IngestServer, RemoteWriter
+    from app.alerts.writer import IngestWriter
+    from app.bootstrap import build_env, open_database
+    from app.core.config import Settings
+
+    settings = Settings(database_url=db_url, raw_alert_max_bytes=300)
+    long_alert = {**_alert("fp-long", "gia-xang"), "description": "Bài đăng " * 100}
+    path = str(tmp_path / "ingest.sock")
+
+    async def main() -> list[Any]:
+        stop = asyncio.Event()
+        db = open_database(settings)
+        server = None
+        writer: IngestWriter | RemoteWriter
+        if through == "ingest process":
+            server = asyncio.create_task(IngestServer(settings, path).run(stop))
+            writer = RemoteWriter(path, lambda: None, lambda: None, settings.group_by,
+                                  settings.raw_alert_max_bytes)
+        else:
+            writer = IngestWriter(db, build_env(settings), settings.group_by,
+                                  settings.raw_alert_max_bytes)
+            writer.start()
+        first, _ = await writer.submit(parse_generic(long_alert), "monitor", "k-1")
+        # Another fingerprint with the same topic joins the incident by its group key.
+        second, _ = await writer.submit(parse_generic(_alert("fp-other", "gia-xang")),
+                                        "monitor", "k-1")
+        assert second[0].incident_id == first[0].incident_id
+        assert not second[0].deduplicated
+        await writer.stop()
+        if server is not None:
+            stop.set()
+            await asyncio.wait_for(server, 30)
+        async with db.read() as session:
+            rows = (await session.execute(sa.text(
+                "SELECT fingerprint, raw, group_key FROM alert ORDER BY fingerprint"))).all()
+        await db.dispose()
+        return list(rows)
+
+    (long_fp, raw, group), (other_fp, other_raw, other_group) = asyncio.run(main())
+    assert (long_fp, other_fp) == ("fp-long", "fp-other")
+    assert group == other_group == "topic=gia-xang"
+    assert raw.endswith("…[truncated]") and raw.count("…[truncated]") == 1
+    kept = raw.removesuffix("…[truncated]")
+    assert 300 - 4 < len(kept.encode()) <= 300  # cut at a character boundary
+    assert json.dumps(long_alert, ensure_ascii=False, separators=(",", ":")).startswith(kept)
+    assert json.loads(other_raw) == _alert("fp-other", "gia-xang")

@@ -68,6 +68,10 @@ class ParsedAlert:
     raw: Any
     msg_type: MsgType = "Alert"
     references: list[str] = field(default_factory=list)
+    # Set by `app.alerts.service.prepare` (the parsers leave them): the grouping key, and
+    # `raw` turned into the text stored with the alert.
+    group_key: str | None = None
+    prepared: bool = False
 
 
 _SEVERITY_WORDS: dict[str, Severity] = {

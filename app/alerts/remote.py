@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from app.alerts import service
 from app.alerts.models import Outcome
 from app.alerts.parsers import ParsedAlert
 from app.alerts.writer import DuplicateWebhook, IngestWriter
@@ -86,8 +87,11 @@ class RemoteWriter:
     """The API process's side: `submit` sends the alerts and waits for the stored results."""
 
     def __init__(self, path: str, on_events: Callable[[], None],
-                 on_deliveries: Callable[[], None]) -> None:
+                 on_deliveries: Callable[[], None], group_by: list[str],
+                 raw_max_bytes: int) -> None:
         self.path = path
+        self.group_by = group_by
+        self.raw_max_bytes = raw_max_bytes
         self.on_events = on_events
         self.on_deliveries = on_deliveries
         self._ids = itertools.count()
@@ -110,6 +114,8 @@ class RemoteWriter:
     async def submit(self, alerts: list[ParsedAlert], actor: str, key_id: str,
                      webhook_id: str | None = None) -> tuple[Any, bool]:
         stream = await self._connect()
+        # Here rather than in the ingest process, whose writer every API process waits for.
+        service.prepare(alerts, self.group_by, self.raw_max_bytes)
         request_id = next(self._ids)
         done: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = done

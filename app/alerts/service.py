@@ -74,14 +74,40 @@ def group_key(alert: ParsedAlert, group_by: list[str]) -> str | None:
 
 
 def _raw_text(alert: ParsedAlert, limit: int) -> str:
-    text = alert.raw if isinstance(alert.raw, str) else dumps(alert.raw).decode()
-    if len(text.encode()) > limit:
+    data = alert.raw.encode() if isinstance(alert.raw, str) else dumps(alert.raw)
+    if len(data) > limit:
         # Keep valid UTF-8 while capping: audit needs the start of the payload, not all of it.
-        text = text.encode()[:limit].decode("utf-8", "ignore") + "…[truncated]"
-    return text
+        return data[:limit].decode("utf-8", "ignore") + "…[truncated]"
+    return alert.raw if isinstance(alert.raw, str) else data.decode()
 
 
-@dataclass
+def prepare(alerts: list[ParsedAlert], group_by: list[str], raw_max_bytes: int) -> None:
+    """Give each alert what storing it needs that no stored row decides: its group key, and
+    its payload as the text stored. Done where the request is read (its own task, or the API
+    process in front of an ingest process), not in the writer's transaction, which every
+    request of a storm queues behind."""
+    for alert in alerts:
+        if not alert.prepared:
+            alert.group_key = group_key(alert, group_by)
+            alert.raw = _raw_text(alert, raw_max_bytes)
+            alert.prepared = True
+
+
+def draft(alert: ParsedAlert, key_id: str | None) -> Row:
+    """A prepared alert's row but for what the writer decides (incident, outcome, time);
+    built with `prepare`, outside the writer's transaction. `_one` copies it, so a group
+    that is written again (request by request, after a failure) starts from it unchanged."""
+    return {
+        "id": new_id(), "incident_id": None, "format": alert.format, "source": alert.source,
+        "fingerprint": alert.fingerprint, "group_key": alert.group_key,
+        "status": alert.status, "deduplicated": False, "severity": alert.severity,
+        "category": alert.category, "title": alert.title, "labels": alert.labels,
+        "raw": alert.raw, "observed_at": alert.observed_at, "received_at": None,
+        "resolved_at": None, "received_by": key_id,
+    }
+
+
+@dataclass(slots=True)
 class _Target:
     """An open incident alerts attach to in this transaction: stored already (its counters
     are added up and written with one statement at the end), or opened here (still in
@@ -136,9 +162,11 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     if not db.sqlite:
         statements.insert(0, ("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,)))
     found = (await db.execute_all(statements))[-1]
+    targets = batch.targets
     for kind, key, incident_id, state, severity in found:
         batch.keys[(kind, key)] = incident_id
-        batch.targets[incident_id] = _Target(incident_id, state, severity)
+        if incident_id not in targets:
+            targets[incident_id] = _Target(incident_id, state, severity)
     if ctx.known_agencies is not None:
         batch.known_agencies = ctx.known_agencies
     else:
@@ -192,17 +220,24 @@ def _point(batch: _Batch, kind: str, key: str | None, incident_id: str) -> None:
 
 
 async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
-                 origins: list[tuple[str, str | None]] | None = None) -> list[Outcome]:
+                 origins: list[tuple[str, str | None]] | None = None,
+                 drafts: list[Row] | None = None) -> list[Outcome]:
     """Store `alerts` in order. `origins` gives each alert's (actor, key id) when one
-    transaction carries the requests of several monitors (the group commit)."""
-    groups = [group_key(a, ctx.group_by) for a in alerts]
+    transaction carries the requests of several monitors (the group commit); `drafts`, their
+    rows drafted beforehand (`draft`)."""
+    if drafts is None:
+        prepare(alerts, ctx.group_by, ctx.raw_max_bytes)
+        drafts = [draft(a, ctx.key_id if origins is None else origins[i][1])
+                  for i, a in enumerate(alerts)]
+    groups = [a.group_key for a in alerts]
     batch = await _load(session, ctx, alerts, groups)
     results: list[Outcome] = []
     rows: list[Row] = []
-    for i, (alert, group) in enumerate(zip(alerts, groups, strict=True)):
+    for i, alert in enumerate(alerts):
         if origins is not None:
             ctx.actor, ctx.key_id = origins[i]
-        result = await _one(session, ctx, batch, alert, group, rows)
+        result = await _one(session, ctx, batch, alert, {**drafts[i], "received_at": ctx.now},
+                            rows)
         results.append(result)
     await _apply_raises(session, ctx, batch, list(batch.targets.values()))
     await _write_back(session, batch)
@@ -218,16 +253,9 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
 
 
 async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
-               group: str | None, rows: list[Row]) -> Outcome:
-    # Plain dicts, inserted in one executemany at the end: far cheaper than ORM objects.
-    row: Row = {
-        "id": new_id(), "incident_id": None, "format": alert.format, "source": alert.source,
-        "fingerprint": alert.fingerprint, "group_key": group, "status": alert.status,
-        "deduplicated": False, "severity": alert.severity, "category": alert.category,
-        "title": alert.title, "labels": alert.labels,
-        "raw": _raw_text(alert, ctx.raw_max_bytes), "observed_at": alert.observed_at,
-        "received_at": ctx.now, "resolved_at": None, "received_by": ctx.key_id,
-    }
+               row: Row, rows: list[Row]) -> Outcome:
+    # Plain dicts, inserted in one statement at the end: far cheaper than ORM objects.
+    group = alert.group_key
     cap_status = alert.labels.get("cap_status", "Actual") if alert.format == "cap" else "Actual"
     if cap_status != "Actual" or alert.msg_type in IGNORED_CAP_TYPES:
         row["status"] = "ignored"
@@ -237,9 +265,12 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
     if alert.status == "resolved":
         return await _resolve(session, ctx, batch, alert, row, rows)
 
-    names = [*alert.references, alert.fingerprint] if alert.msg_type == "Update" \
-        else [alert.fingerprint]
-    incident_id = next((batch.keys[("fp", n)] for n in names if ("fp", n) in batch.keys), None)
+    if alert.msg_type == "Update":
+        names = [*alert.references, alert.fingerprint]
+        incident_id = next((batch.keys[("fp", n)] for n in names if ("fp", n) in batch.keys),
+                           None)
+    else:
+        incident_id = batch.keys.get(("fp", alert.fingerprint))
     deduplicated = incident_id is not None
     if incident_id is None and group is not None:
         incident_id = batch.keys.get(("group", group))

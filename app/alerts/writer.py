@@ -50,6 +50,7 @@ class _Request:
     actor: str
     key_id: str
     webhook_id: str | None
+    drafts: list[dict[str, Any]]
     done: asyncio.Future[tuple[list[Outcome], bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -82,9 +83,12 @@ class IngestWriter:
     async def submit(self, alerts: list[ParsedAlert], actor: str, key_id: str,
                      webhook_id: str | None = None) -> tuple[list[Outcome], bool]:
         """Store the alerts; returns their results and whether this was a replayed webhook."""
+        # Here, in the request's own task, rather than in the group's transaction.
+        service.prepare(alerts, self.group_by, self.raw_max_bytes)
+        request = _Request(alerts, actor, key_id, webhook_id,
+                           [service.draft(a, key_id) for a in alerts])
         if self._task is None:  # no writer running (CLI, some tests): one transaction alone
-            return await self._write([_Request(alerts, actor, key_id, webhook_id)], single=True)
-        request = _Request(alerts, actor, key_id, webhook_id)
+            return await self._write([request], single=True)
         await self._queue.put(request)
         return await request.done
 
@@ -182,16 +186,18 @@ class IngestWriter:
         now = utcnow()
         alerts: list[ParsedAlert] = []
         origins: list[tuple[str, str | None]] = []
+        drafts: list[dict[str, Any]] = []
         for request in requests:
             alerts.extend(request.alerts)
             origins.extend([(request.actor, request.key_id)] * len(request.alerts))
+            drafts.extend(request.drafts)
         ctx = service.IngestContext(env=self.env, group_by=self.group_by,
                                     raw_max_bytes=self.raw_max_bytes, actor="", key_id=None,
                                     now=now, known_agencies=await self._agencies(session))
         commit = last and all(r.webhook_id is None for r in requests)
         # Errors surface here, inside a request's savepoint.
         async with pipelined(session, commit=commit):
-            results = await service.ingest(session, ctx, alerts, origins)
+            results = await service.ingest(session, ctx, alerts, origins, drafts)
         out: dict[int, Any] = {}
         start = 0
         receipts = []
