@@ -5,7 +5,8 @@ process left the machine's other cores to the database and the load. With
 `CRISISFLOW_INGEST_PROCESS=true`, `crisisflow serve` starts an ingest process
 (`IngestProcess`) that owns the group commit (`IngestWriter`, behind `IngestServer`), and
 every API process sends it parsed alerts over a Unix socket (`RemoteWriter`, with the same
-`submit` as the in-process writer). Nothing changes for a
+`submit` as the in-process writer), prepared there (`service.prepare`: group key, stored
+payload text) to spare the one process every API process waits for. Nothing changes for a
 client: the ingest process answers only after the group's commit, so a 202 still means the
 alerts are stored; it also tells the API processes when a commit emitted events or queued
 deliveries, so their live feed and worker wake at once.
