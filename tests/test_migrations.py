@@ -31,6 +31,32 @@ def test_models_and_migrations_do_not_drift(db_url: str) -> None:
     assert diff == [], f"models and migrations differ: {diff}"
 
 
+def test_incident_pages_leave_room_for_updated_rows_on_postgresql(db_url: str,
+                                                                   backend: str) -> None:
+    """Storage options are beyond autogenerate's comparison: checked here, both ways."""
+    from alembic import command
+
+    from app.core.migrate import alembic_config
+
+    if backend == "sqlite":
+        pytest.skip("SQLite pages have no fillfactor")
+
+    def options() -> list[str] | None:
+        engine = make_sync_engine(db_url)
+        try:
+            with engine.connect() as conn:
+                return conn.exec_driver_sql(  # type: ignore[no-any-return]
+                    "SELECT reloptions FROM pg_class WHERE relname = 'incident'").scalar()
+        finally:
+            engine.dispose()
+
+    assert options() == ["fillfactor=70"]
+    command.downgrade(alembic_config(db_url), "0007")
+    assert options() is None
+    upgrade(db_url)
+    assert options() == ["fillfactor=70"]
+
+
 def test_upgrade_is_idempotent(db_url: str) -> None:
     upgrade(db_url)  # already at head: nothing to do, no error
     upgrade(db_url)

@@ -72,6 +72,8 @@ class Incident(IncidentBase, table=True):
             postgresql_where=sa.text("state != 'closed' AND group_key IS NOT NULL"),
         ),
         sa.Index("ix_incident_overdue", "overdue", "state"),
+        # Room on each page for the new versions of its rows: see migration 0008.
+        {"postgresql_with": {"fillfactor": 70}},
     )
 
     id: str = Field(primary_key=True, max_length=36)
