@@ -94,8 +94,8 @@ def prepare(alerts: list[ParsedAlert], group_by: list[str], raw_max_bytes: int) 
 
 
 def draft(alert: ParsedAlert, key_id: str | None) -> Row:
-    """A prepared alert's row but for what the writer decides (incident, outcome, time);
-    built with `prepare`, outside the writer's transaction. `_one` copies it, so a group
+    """The row of an alert `prepare` has seen, but for what the writer decides (incident,
+    outcome, time), made outside the writer's transaction. `_one` copies it, so a group
     that is written again (request by request, after a failure) starts from it unchanged."""
     return {
         "id": new_id(), "incident_id": None, "format": alert.format, "source": alert.source,
