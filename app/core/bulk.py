@@ -63,11 +63,15 @@ def _row_function(columns: list[tuple[str, Callable[[Any], Any] | None]]
 _plans: dict[tuple[str, str, str, tuple[str, ...]], _Plan] = {}
 
 
-def _processor(column: sa.Column[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+def _processor(column: sa.Column[Any], dialect: Dialect, *, copy: bool = False
+               ) -> Callable[[Any], Any] | None:
+    """`copy`: for rows sent by COPY (PostgreSQL), whose text format takes JSON as text."""
     impl = column.type.dialect_impl(dialect)
-    if dialect.name == "sqlite" and isinstance(impl, sa.JSON):
+    if (dialect.name == "sqlite" or copy) and isinstance(impl, sa.JSON):
         # The engine's own serializer, without the wrapper's checks for SQL NULL markers that
-        # plain row values never hold (None is stored as JSON null, as the wrapper does).
+        # plain row values never hold (None is stored as JSON null, as the wrapper does). For
+        # COPY it also replaces psycopg's Jsonb wrapper, whose dumper ran the standard
+        # library's json module: 3.9 against 0.7 µs an alert's labels.
         serialize: Callable[[Any], str] = JSON_CODEC["json_serializer"]
         return serialize
     return impl.bind_processor(dialect)  # type: ignore[no-any-return]
@@ -92,8 +96,11 @@ def _plan(table: sa.Table, dialect: Dialect, suffix: str, omit: tuple[str, ...] 
                         f"ORDER BY r.ordinality{suffix}")
             if not suffix:  # COPY has no ON CONFLICT
                 copy = f"COPY {target} FROM STDIN"
+        # On PostgreSQL the row tuples only ever feed COPY (statements take the document).
+        copying = dialect.name == "postgresql"
         plan = _Plan(f"{head}{marks}{suffix}",
-                     _row_function([(c.key, _processor(c, dialect)) for c in columns]),
+                     _row_function([(c.key, _processor(c, dialect, copy=copying))
+                                    for c in columns]),
                      head, marks, document, copy)
         _plans[key] = plan
     return plan
