@@ -54,10 +54,7 @@ MAX_GROUP_KEY = 200
 @dataclass
 class IngestContext:
     env: incidents.Env
-    group_by: list[str]
-    raw_max_bytes: int
     actor: str
-    key_id: str | None
     now: datetime
     known_agencies: set[str] | None = None
 
@@ -220,22 +217,16 @@ def _point(batch: _Batch, kind: str, key: str | None, incident_id: str) -> None:
 
 
 async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
-                 origins: list[tuple[str, str | None]] | None = None,
-                 drafts: list[Row] | None = None) -> list[Outcome]:
-    """Store `alerts` in order. `origins` gives each alert's (actor, key id) when one
-    transaction carries the requests of several monitors (the group commit); `drafts`, their
-    rows drafted beforehand (`draft`)."""
-    if drafts is None:
-        prepare(alerts, ctx.group_by, ctx.raw_max_bytes)
-        drafts = [draft(a, ctx.key_id if origins is None else origins[i][1])
-                  for i, a in enumerate(alerts)]
+                 actors: list[str], drafts: list[Row]) -> list[Outcome]:
+    """Store `alerts` (each through `prepare`) in order: `actors` gives each alert's actor (one
+    transaction carries the requests of several monitors: the group commit), `drafts` each
+    alert's row (`draft`)."""
     groups = [a.group_key for a in alerts]
     batch = await _load(session, ctx, alerts, groups)
     results: list[Outcome] = []
     rows: list[Row] = []
     for i, alert in enumerate(alerts):
-        if origins is not None:
-            ctx.actor, ctx.key_id = origins[i]
+        ctx.actor = actors[i]
         result = await _one(session, ctx, batch, alert, {**drafts[i], "received_at": ctx.now},
                             rows)
         results.append(result)
@@ -265,12 +256,8 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
     if alert.status == "resolved":
         return await _resolve(session, ctx, batch, alert, row, rows)
 
-    if alert.msg_type == "Update":
-        names = [*alert.references, alert.fingerprint]
-        incident_id = next((batch.keys[("fp", n)] for n in names if ("fp", n) in batch.keys),
-                           None)
-    else:
-        incident_id = batch.keys.get(("fp", alert.fingerprint))
+    incident_id = _by_fingerprint(batch, [*alert.references, alert.fingerprint]) \
+        if alert.msg_type == "Update" else batch.keys.get(("fp", alert.fingerprint))
     deduplicated = incident_id is not None
     if incident_id is None and group is not None:
         incident_id = batch.keys.get(("group", group))
@@ -285,6 +272,11 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
     rows.append(row)
     return Outcome(alert_id=row["id"], incident_id=incident_id, deduplicated=deduplicated,
                    status="firing")
+
+
+def _by_fingerprint(batch: _Batch, names: list[str]) -> str | None:
+    """The open incident the first of these fingerprints leads to."""
+    return next((batch.keys[("fp", n)] for n in names if ("fp", n) in batch.keys), None)
 
 
 def _open_incident(ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
@@ -394,7 +386,7 @@ _COUNT_ATTACHED_PG = ("UPDATE incident AS i SET alert_count = i.alert_count + c.
 async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
                    row: Row, rows: list[Row]) -> Outcome:
     names = alert.references if alert.msg_type == "Cancel" else [alert.fingerprint]
-    incident_id = next((batch.keys[("fp", n)] for n in names if ("fp", n) in batch.keys), None)
+    incident_id = _by_fingerprint(batch, names)
     if incident_id is None:
         # Nothing open to resolve: keep the message for audit only.
         rows.append(row)

@@ -185,19 +185,18 @@ class IngestWriter:
         its COMMIT goes with the group's held statements."""
         now = utcnow()
         alerts: list[ParsedAlert] = []
-        origins: list[tuple[str, str | None]] = []
+        actors: list[str] = []
         drafts: list[dict[str, Any]] = []
         for request in requests:
             alerts.extend(request.alerts)
-            origins.extend([(request.actor, request.key_id)] * len(request.alerts))
+            actors.extend([request.actor] * len(request.alerts))
             drafts.extend(request.drafts)
-        ctx = service.IngestContext(env=self.env, group_by=self.group_by,
-                                    raw_max_bytes=self.raw_max_bytes, actor="", key_id=None,
-                                    now=now, known_agencies=await self._agencies(session))
+        ctx = service.IngestContext(env=self.env, actor="", now=now,
+                                    known_agencies=await self._agencies(session))
         commit = last and all(r.webhook_id is None for r in requests)
         # Errors surface here, inside a request's savepoint.
         async with pipelined(session, commit=commit):
-            results = await service.ingest(session, ctx, alerts, origins, drafts)
+            results = await service.ingest(session, ctx, alerts, actors, drafts)
         out: dict[int, Any] = {}
         start = 0
         receipts = []
