@@ -493,6 +493,41 @@ def test_higher_severity_raises_a_detected_incident(client: TestClient, monitor:
     assert get_incident(client, duty, after["id"])["severity"] == "critical"
 
 
+def test_incidents_opened_by_alerts_and_by_officers_share_one_gapless_sequence(
+        client: TestClient, monitor: Headers, duty: Headers) -> None:
+    """The year's first incidents come from alerts (no counter yet), then officers and alert
+    groups take turns; a group that opens nothing takes no number."""
+    def opened(topics: list[str]) -> list[str]:
+        results = post(client, monitor, [alert(labels={"topic": t}) for t in topics]).json()
+        return [get_incident(client, duty, r["incident_id"])["reference"]
+                for r in results["results"]]
+
+    def by_officer() -> str:
+        created = client.post(f"{API}/incidents", headers=duty, json={"title": "Sự cố"})
+        assert created.status_code == 201, created.text
+        return str(created.json()["reference"])
+
+    first = opened(["a", "b"])
+    year = first[0].split("-")[1]
+    refs = [*first, by_officer(), *opened(["c", "a", "d"]), *opened(["c"]), by_officer()]
+    assert refs == [f"INC-{year}-{n:06d}" for n in (1, 2, 3, 4, 1, 5, 4, 6)]
+
+
+def test_a_raise_follows_the_fingerprint_not_the_group_it_also_names(
+        client: TestClient, monitor: Headers, duty: Headers) -> None:
+    a = one(client, monitor, alert(fingerprint="fp-a", labels={"topic": "x"}, severity="low"))
+    b = one(client, monitor, alert(fingerprint="fp-b", labels={"topic": "y"}, severity="low"))
+    before = get_incident(client, duty, b["incident_id"])
+    raised = one(client, monitor, alert(fingerprint="fp-a", labels={"topic": "y"},
+                                        severity="critical"))
+    assert raised["incident_id"] == a["incident_id"]
+    assert get_incident(client, duty, a["incident_id"])["severity"] == "critical"
+    after = get_incident(client, duty, b["incident_id"])
+    assert (after["severity"], after["deadline_at"], after["alert_count"]) == (
+        "low", before["deadline_at"], 1)
+    assert "severity_raised" not in timeline_kinds(client, duty, b["incident_id"])
+
+
 def test_raises_and_resolutions_within_one_batch_keep_alert_order(
         client: TestClient, monitor: Headers, duty: Headers, db_url: str) -> None:
     """One array touches a stored incident (raise, resolve, raise) and opens another that a
