@@ -12,7 +12,6 @@ size. The caller's transaction is the boundary: a batch is all-or-nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,12 +25,10 @@ from app.alerts.models import Alert, AlertKey, AlertPublic, Outcome
 from app.alerts.parsers import ParsedAlert
 from app.core.bulk import (
     IN_LIST,
-    Driver,
     array_literal,
     driver,
     insert_rows,
     select_rows,
-    select_statements,
     update_rows,
 )
 from app.core.ids import new_id
@@ -43,7 +40,6 @@ from app.deadlines.models import Deadline
 from app.incidents import service as incidents
 from app.incidents import timeline
 from app.incidents.models import Incident, IncidentCreate, Severity, State, TimelineEntry
-from app.notifications import fanout
 from workflows.registry import SEVERITY_RANK
 
 Row = dict[str, Any]
@@ -152,47 +148,17 @@ def _open_keys_sql(match: str) -> str:
 _OPEN_KEYS = {name: _open_keys_sql(in_list) for name, in_list in IN_LIST.items()}
 
 
-# PostgreSQL: the stored incidents some alert of the group may raise (`_raises`), by the
-# keys the alerts carry and the highest severity each key comes with: what `_lock` would
-# read once the group is decided, read (and locked) with the key lookup instead of a round
-# trip of its own. A superset: an alert follows its fingerprint before its group key.
-_RAISABLE = (
-    "SELECT k.incident_id FROM unnest(?::text[], ?::text[], ?::integer[]) AS r(kind, key, rank) "
-    "JOIN alert_key AS k ON k.kind = r.kind AND k.key = r.key "
-    "JOIN incident AS j ON j.id = k.incident_id "
-    f"WHERE j.state = '{State.detected.value}' AND array_position(ARRAY["
-    + ", ".join(f"'{s}'" for s in sorted(SEVERITY_RANK, key=SEVERITY_RANK.__getitem__))
-    + "], j.severity::text) - 1 < r.rank")
-
-
-def _raisable(alerts: list[ParsedAlert]) -> tuple[str, str, str] | None:
-    """`_RAISABLE`'s parameters: each key and the highest rank of the firing alerts with it."""
-    ranks: dict[tuple[str, str], int] = {}
-    for alert in alerts:
-        rank = SEVERITY_RANK.get(alert.severity, 0)
-        if rank == 0 or alert.status == "resolved":
-            continue
-        keys = [("fp", alert.fingerprint), *(("fp", r) for r in alert.references)]
-        if alert.group_key:
-            keys.append(("group", alert.group_key))
-        for key in keys:
-            if ranks.get(key, -1) < rank:
-                ranks[key] = rank
-    if not ranks:
-        return None
-    return (array_literal([k for k, _ in ranks]), array_literal([v for _, v in ranks]),
-            array_literal([str(r) for r in ranks.values()]))
-
-
 async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
                 groups: list[str | None]) -> _Batch:
     batch = _Batch()
     db = await driver(session)
     fps = sorted({a.fingerprint for a in alerts} | {r for a in alerts for r in a.references})
     keys = sorted({g for g in groups if g})
-    lookup = (_OPEN_KEYS[db.conn.dialect.name], (db.listed(fps), db.listed(keys)))
-    found = await db.execute(*lookup) if db.sqlite else \
-        await _load_pg(session, ctx, batch, db, alerts, lookup)
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        (_OPEN_KEYS[db.conn.dialect.name], (db.listed(fps), db.listed(keys)))]
+    if not db.sqlite:
+        statements.insert(0, ("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,)))
+    found = (await db.execute_all(statements))[-1]
     targets = batch.targets
     for kind, key, incident_id, state, severity in found:
         batch.keys[(kind, key)] = incident_id
@@ -212,55 +178,17 @@ async def _lock(session: AsyncSession, batch: _Batch, ids: list[str]) -> None:
     if not missing:
         return
     db = await driver(session)
-    locked, clocks = await select_rows(session, _lock_queries(
-        IN_LIST[db.conn.dialect.name], (db.listed(missing),), lock=not db.sqlite))
-    _locked(batch, locked, clocks)
-
-
-async def _load_pg(session: AsyncSession, ctx: IngestContext, batch: _Batch, db: Driver,
-                   alerts: list[ParsedAlert], lookup: tuple[str, tuple[Any, ...]]
-                   ) -> list[Any]:
-    """The key lookup, under the ingest lock, with what a group that raises or opens
-    incidents would otherwise read in a round trip each: the incidents it may raise, the
-    reference counter and the subscriptions. Returns the lookup's rows."""
-    statements = [("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,)), lookup]
-    raisable = _raisable(alerts)
-    converts: list[Callable[[Any], Row]] = []
-    if raisable is not None:
-        selects, converts = select_statements(db.conn.dialect,
-                                              _lock_queries(f"IN ({_RAISABLE})", raisable))
-        statements += selects
-    statements += [incidents.lock_references(ctx.env, ctx.now), *fanout.unread(session)]
-    _, found, *rest = await db.execute_all(statements)
-    if converts:
-        locked, clocks, *rest = rest
-        _locked(batch, [converts[0](r) for r in locked], [converts[1](r) for r in clocks])
-    counter, *subscriptions = rest
-    incidents.locked_references(session, ctx.env, ctx.now, counter)
-    for rows in subscriptions:
-        fanout.remember(session, rows)
-    return found
-
-
-def _lock_queries(ids: str, params: tuple[Any, ...], *, lock: bool = True
-                  ) -> list[tuple[sa.Table, str, tuple[Any, ...], str]]:
-    """Incidents whose id is `ids` (with `params`), locked in id order, and their open
-    clocks: in one round trip, the clocks' query runs after the rows are locked."""
-    return [(table_of(Incident), f"id {ids}", params, " ORDER BY id FOR UPDATE" if lock else
-             " ORDER BY id"),
-            (table_of(Deadline), f"incident_id {ids} AND met_at IS NULL", params, "")]
-
-
-def _locked(batch: _Batch, locked: list[Row], clocks: list[Row]) -> None:
-    """Take in incidents read by `_lock_queries` (none of them read before) and their clocks."""
+    in_list, listed = IN_LIST[db.conn.dialect.name], (db.listed(missing),)
+    locking = "" if db.sqlite else " FOR UPDATE"
+    # In one round trip: the clocks' query runs after the rows are locked.
+    locked, clocks = await select_rows(session, [
+        (table_of(Incident), f"id {in_list}", listed, f" ORDER BY id{locking}"),
+        (table_of(Deadline), f"incident_id {in_list} AND met_at IS NULL", listed, "")])
     for row in locked:
         batch.locked[row["id"]] = _read(batch, Incident, row)
         batch.clocks[row["id"]] = []
     for row in clocks:
-        # By a subquery, PostgreSQL's clocks could name an incident whose severity was
-        # changed between the two statements, which the first did not lock: not ours.
-        if row["incident_id"] in batch.clocks:
-            batch.clocks[row["incident_id"]].append(_read(batch, Deadline, row))
+        batch.clocks[row["incident_id"]].append(_read(batch, Deadline, row))
 
 
 def _read(batch: _Batch, model: type[M], row: Row) -> M:

@@ -204,18 +204,10 @@ async def select_rows(session: AsyncSession,
     them (each column's own result processing), through the driver, all in one round trip:
     `where` and `tail` (ORDER BY, FOR UPDATE...) are written with `?` marks and `IN_LIST`."""
     db = await driver(session)
-    statements, converts = select_statements(db.conn.dialect, queries)
-    found = await db.execute_all(statements)
-    return [list(map(convert, rows)) for convert, rows in zip(converts, found, strict=True)]
-
-
-def select_statements(dialect: Dialect, queries: list[tuple[sa.Table, str, tuple[Any, ...], str]]
-                      ) -> tuple[list[tuple[str, tuple[Any, ...]]], list[Callable[[Any], Row]]]:
-    """`select_rows`'s statements and each one's row conversion, for a caller that sends
-    them with statements of its own (`Driver.execute_all`)."""
-    plans = [_select_plan(table, dialect) for table, _, _, _ in queries]
-    return ([(f"{sql}{where}{tail}", params) for (sql, _), (_, where, params, tail)
-             in zip(plans, queries, strict=True)], [convert for _, convert in plans])
+    plans = [_select_plan(table, db.conn.dialect) for table, _, _, _ in queries]
+    found = await db.execute_all([(f"{sql}{where}{tail}", params) for (sql, _), (_, where,
+                                  params, tail) in zip(plans, queries, strict=True)])
+    return [list(map(convert, rows)) for (_, convert), rows in zip(plans, found, strict=True)]
 
 
 _select_plans: dict[tuple[str, str], tuple[str, Callable[[Any], Row]]] = {}

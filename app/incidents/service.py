@@ -301,46 +301,16 @@ _REFERENCE_UPSERT = ("INSERT INTO reference_counter (year, value) VALUES (?, ?) 
                      "excluded.value RETURNING value")
 
 
-# PostgreSQL: the year's counter locked and read ahead by a caller that may open incidents,
-# with statements of its own (`lock_references`, `locked_references`).
-_REFERENCE_LOCK = "SELECT value FROM reference_counter WHERE year = ? FOR UPDATE"
-_REFERENCE_SET = "UPDATE reference_counter SET value = ? WHERE year = ?"
-_LOCKED_COUNTER = "crisisflow.reference_counter"
-
-
-def lock_references(env: Env, now: datetime) -> tuple[str, tuple[Any, ...]]:
-    """The statement that locks and reads `now`'s year counter until the transaction ends,
-    for a caller that sends it in a round trip of its own and hands its rows to
-    `locked_references`: `next_references` then needs none."""
-    return _REFERENCE_LOCK, (now.astimezone(env.zone).year,)
-
-
-def locked_references(session: AsyncSession, env: Env, now: datetime,
-                      rows: list[Any]) -> None:
-    if rows:
-        session.info[_LOCKED_COUNTER] = (now.astimezone(env.zone).year, rows[0][0])
-    else:  # no row yet (a year's first incident): `next_references` inserts it
-        session.info.pop(_LOCKED_COUNTER, None)
-
-
 async def next_references(session: AsyncSession, env: Env, now: datetime,
                           count: int) -> list[str]:
     """`count` numbers `INC-YYYY-NNNNNN` from one atomic upsert, so concurrent creators never
     share a number. The subscriptions that the new incidents' events are matched against
-    come with them if the transaction has not read them yet (one round trip). A counter
-    locked ahead (`lock_references`) is used once, with no round trip: nobody else can
-    have moved it, and the update goes with the transaction's later statements."""
+    come with them if the transaction has not read them yet (one round trip)."""
     year = now.astimezone(env.zone).year
-    db = await driver(session)
-    locked = session.info.pop(_LOCKED_COUNTER, None)
-    if locked is not None and locked[0] == year:
-        last = locked[1] + count
-        await db.execute(_REFERENCE_SET, (last, year), wait=False)
-    else:
-        [(last,)], *subscriptions = await db.execute_all(
-            [(_REFERENCE_UPSERT, (year, count)), *fanout.unread(session)])
-        for rows in subscriptions:
-            fanout.remember(session, rows)
+    [(last,)], *subscriptions = await (await driver(session)).execute_all(
+        [(_REFERENCE_UPSERT, (year, count)), *fanout.unread(session)])
+    for rows in subscriptions:
+        fanout.remember(session, rows)
     return [f"INC-{year}-{value:06d}" for value in range(last - count + 1, last + 1)]
 
 
