@@ -92,8 +92,10 @@ def prepare(alerts: list[ParsedAlert], group_by: list[str], raw_max_bytes: int) 
 
 def draft(alert: ParsedAlert, key_id: str | None) -> Row:
     """The row of an alert `prepare` has seen, but for what the writer decides (incident,
-    outcome, time), made outside the writer's transaction. `_one` copies it, so a group
-    that is written again (request by request, after a failure) starts from it unchanged."""
+    outcome, time), made outside the writer's transaction: a plain dict, inserted with the
+    group's others in one statement (far cheaper than ORM objects). `ingest` copies it, so a
+    group that is written again (request by request, after a failure) starts from it
+    unchanged."""
     return {
         "id": new_id(), "incident_id": None, "format": alert.format, "source": alert.source,
         "fingerprint": alert.fingerprint, "group_key": alert.group_key,
@@ -148,12 +150,12 @@ def _open_keys_sql(match: str) -> str:
 _OPEN_KEYS = {name: _open_keys_sql(in_list) for name, in_list in IN_LIST.items()}
 
 
-async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
-                groups: list[str | None]) -> _Batch:
+async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert]
+                ) -> _Batch:
     batch = _Batch()
     db = await driver(session)
     fps = sorted({a.fingerprint for a in alerts} | {r for a in alerts for r in a.references})
-    keys = sorted({g for g in groups if g})
+    keys = sorted({a.group_key for a in alerts if a.group_key})
     statements: list[tuple[str, tuple[Any, ...]]] = [
         (_OPEN_KEYS[db.conn.dialect.name], (db.listed(fps), db.listed(keys)))]
     if not db.sqlite:
@@ -221,8 +223,7 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
     """Store `alerts` (each through `prepare`) in order: `actors` gives each alert's actor (one
     transaction carries the requests of several monitors: the group commit), `drafts` each
     alert's row (`draft`)."""
-    groups = [a.group_key for a in alerts]
-    batch = await _load(session, ctx, alerts, groups)
+    batch = await _load(session, ctx, alerts)
     results: list[Outcome] = []
     rows: list[Row] = []
     for i, alert in enumerate(alerts):
@@ -245,7 +246,6 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
 
 async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
                row: Row, rows: list[Row]) -> Outcome:
-    # Plain dicts, inserted in one statement at the end: far cheaper than ORM objects.
     group = alert.group_key
     cap_status = alert.labels.get("cap_status", "Actual") if alert.format == "cap" else "Actual"
     if cap_status != "Actual" or alert.msg_type in IGNORED_CAP_TYPES:
