@@ -568,6 +568,44 @@ def test_raises_and_resolutions_within_one_batch_keep_alert_order(
         engine.dispose()
 
 
+def test_one_array_resolving_several_alerts_of_a_stored_incident_resolves_each_once(
+        client: TestClient, monitor: Headers, duty: Headers) -> None:
+    """Resolutions of one array share one read of the incident's firing alerts: each still
+    takes exactly the alerts it names, in the array's order, stored or from the array."""
+    topic = {"topic": "bhxh"}
+    a1 = one(client, monitor, alert(labels=topic, fingerprint="a-1"))
+    a1_again = one(client, monitor, alert(labels=topic, fingerprint="a-1"))
+    a2 = one(client, monitor, alert(labels=topic, fingerprint="a-2"))
+    a3 = one(client, monitor, alert(labels=topic, fingerprint="a-3"))
+    incident_id = a1["incident_id"]
+    assert {a1_again["incident_id"], a2["incident_id"], a3["incident_id"]} == {incident_id}
+    out = results(client, monitor, [
+        alert(labels=topic, fingerprint="a-1", status="resolved"),
+        alert(labels=topic, fingerprint="a-2", status="resolved"),
+        alert(labels=topic, fingerprint="a-2"),  # fires again within the array
+        alert(labels=topic, fingerprint="a-2", status="resolved"),
+        alert(labels=topic, fingerprint="a-1", status="resolved"),  # nothing left firing
+    ])
+    assert [r["status"] for r in out] == ["resolved", "resolved", "firing", "resolved",
+                                          "resolved"]
+    assert {r["incident_id"] for r in out} == {incident_id}
+    assert out[0]["alert_id"] in {a1["alert_id"], a1_again["alert_id"]}
+    assert out[1]["alert_id"] == a2["alert_id"]
+    assert out[3]["alert_id"] == out[2]["alert_id"]  # the one that fired again
+    stored = {a["id"]: a for a in incident_alerts(client, duty, incident_id)}
+    for resolved in (a1, a1_again, a2, out[2]):
+        assert stored[resolved["alert_id"]]["status"] == "resolved"
+        assert stored[resolved["alert_id"]]["resolved_at"] is not None
+    assert stored[a3["alert_id"]]["status"] == "firing"
+    # The last resolution found nothing firing: it is kept, resolved, for audit.
+    assert stored[out[4]["alert_id"]]["status"] == "resolved"
+    assert len(stored) == 4 + 2
+    resp = client.get(f"{API}/incidents/{incident_id}/timeline", headers=duty)
+    resolved_counts = [e["data"]["alerts"] for e in resp.json()["items"]
+                       if e["kind"] == "alert_resolved"]
+    assert resolved_counts == [2, 1, 1, 0]
+
+
 def test_higher_severity_leaves_an_assessed_incident_alone(client: TestClient,
                                                            monitor: Headers,
                                                            duty: Headers) -> None:

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -133,6 +132,10 @@ class _Batch:
     locked: dict[str, Incident] = field(default_factory=dict)
     clocks: dict[str, list[Deadline]] = field(default_factory=dict)
     read_as: dict[int, Row] = field(default_factory=dict)
+    # What the batch's resolved alerts name, and per stored incident its firing alerts of
+    # those names (alert ids by fingerprint), read at its first resolution (`_stored_firing`).
+    resolving: list[str] = field(default_factory=list)
+    firing: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def _open_keys_sql(match: str) -> str:
@@ -224,6 +227,7 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
     transaction carries the requests of several monitors: the group commit), `drafts` each
     alert's row (`draft`)."""
     batch = await _load(session, ctx, alerts)
+    batch.resolving = sorted({n for a in alerts if a.status == "resolved" for n in _names(a)})
     results: list[Outcome] = []
     rows: list[Row] = []
     for i, alert in enumerate(alerts):
@@ -385,7 +389,7 @@ _COUNT_ATTACHED_PG = ("UPDATE incident AS i SET alert_count = i.alert_count + c.
 
 async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
                    row: Row, rows: list[Row]) -> Outcome:
-    names = alert.references if alert.msg_type == "Cancel" else [alert.fingerprint]
+    names = _names(alert)
     incident_id = _by_fingerprint(batch, names)
     if incident_id is None:
         # Nothing open to resolve: keep the message for audit only.
@@ -398,15 +402,12 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
         await _apply_raises(session, ctx, batch, [target])  # earlier alerts come first
         await _lock(session, batch, [incident_id])
         inc = batch.locked[incident_id]
-        a = table_of(Alert)
-        updated = await session.execute(
-            sa.update(a)
-            .where(a.c.incident_id == incident_id, a.c.fingerprint.in_(names),
-                   a.c.status == "firing")
-            .values(status="resolved", resolved_at=ctx.now)
-            .returning(a.c.id)
-        )
-        ids = [r[0] for r in updated.all()]
+        firing = await _stored_firing(session, batch, incident_id)
+        ids = [alert_id for name in names for alert_id in firing.pop(name, [])]
+        if ids:
+            db = await driver(session)
+            await db.execute(_RESOLVE[db.conn.dialect.name], (db.time(ctx.now), db.listed(ids)),
+                             wait=False)
     else:
         inc = target.opening.incident
     # Rows still waiting in this batch's list were never stored: resolve them too.
@@ -428,6 +429,36 @@ async def _resolve(session: AsyncSession, ctx: IngestContext, batch: _Batch, ale
         rows.append(row)
     return Outcome(alert_id=alert_id, incident_id=incident_id, deduplicated=True,
                    status="resolved")
+
+
+def _names(alert: ParsedAlert) -> list[str]:
+    """The fingerprints a resolved alert resolves."""
+    return alert.references if alert.msg_type == "Cancel" else [alert.fingerprint]
+
+
+async def _stored_firing(session: AsyncSession, batch: _Batch, incident_id: str
+                         ) -> dict[str, list[str]]:
+    """The incident's stored firing alerts that any resolved alert of the batch names, read
+    once per incident and batch: alerts have no index by fingerprint (migration 0009), so the
+    read goes through the incident's alerts, and a webhook resolving a hundred alerts of a
+    large incident must not do that a hundred times. Resolutions then take their alerts from
+    this, in the order of the batch."""
+    found = batch.firing.get(incident_id)
+    if found is None:
+        db = await driver(session)
+        rows = await db.execute(_FIRING[db.conn.dialect.name],
+                                (incident_id, db.listed(batch.resolving)))
+        found = batch.firing[incident_id] = {}
+        for alert_id, fingerprint in rows:
+            found.setdefault(fingerprint, []).append(alert_id)
+    return found
+
+
+_FIRING = {name: "SELECT id, fingerprint FROM alert WHERE incident_id = ? "
+                 f"AND status = 'firing' AND fingerprint {in_list}"
+           for name, in_list in IN_LIST.items()}
+_RESOLVE = {name: f"UPDATE alert SET status = 'resolved', resolved_at = ? WHERE id {in_list}"
+            for name, in_list in IN_LIST.items()}
 
 
 async def _save_keys(session: AsyncSession, ctx: IngestContext, batch: _Batch) -> None:
