@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from fastapi.testclient import TestClient
@@ -14,7 +15,7 @@ from sqlmodel import SQLModel
 import app.models  # noqa: F401
 from app.core.config import Settings
 from app.core.db import make_sync_engine
-from app.core.migrate import head_revisions, include_object, upgrade
+from app.core.migrate import head_revisions, include_object_for, upgrade
 from tests.factories import assert_problem, free_port
 
 
@@ -23,7 +24,7 @@ def test_models_and_migrations_do_not_drift(db_url: str) -> None:
     try:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={
-                "compare_type": True, "include_object": include_object})
+                "compare_type": True, "include_object": include_object_for(conn.dialect.name)})
             diff = compare_metadata(ctx, SQLModel.metadata)
             assert ctx.get_current_heads() == tuple(head_revisions())
     finally:
@@ -112,3 +113,42 @@ def test_concurrent_upgrades_do_not_collide(db_url: str, backend: str) -> None:
         t.join(120)
     assert errors == []
     test_models_and_migrations_do_not_drift(db_url)
+
+
+def test_alerts_name_stored_incidents_on_both_databases(client: TestClient, db_url: str,
+                                                        monitor: dict[str, str]) -> None:
+    """SQLite keeps the foreign key; PostgreSQL checks it per statement (migration 0010): either
+    way an alert naming no incident is refused, whether inserted alone, among valid rows or
+    updated, and an incident that alerts name can be neither deleted nor renamed."""
+    opened = client.post("/api/v1/alerts", headers=monitor,
+                         json={"source": "s", "title": "Tin giả", "fingerprint": "fk-1"}
+                         ).json()["results"][0]
+    incident, alert = opened["incident_id"], opened["alert_id"]
+    columns = ("id, incident_id, format, source, fingerprint, status, deduplicated, severity, "
+               "category, title, labels, raw, received_at")
+
+    def row(id_: str, incident_id: str) -> str:
+        return (f"('{id_}', '{incident_id}', 'generic', 's', 'fk', 'firing', false, 'low', "
+                f"'other', 't', '{{}}', '', '2026-11-26 00:00:00+00:00')")
+
+    refused = [
+        f"INSERT INTO alert ({columns}) VALUES {row('orphan-1', 'no-such-incident')}",
+        f"INSERT INTO alert ({columns}) VALUES {row('ok-1', incident)}, "
+        f"{row('orphan-2', 'no-such-incident')}, {row('ok-2', incident)}",
+        f"UPDATE alert SET incident_id = 'no-such-incident' WHERE id = '{alert}'",
+        f"DELETE FROM alert_key WHERE incident_id = '{incident}'; "
+        f"DELETE FROM incident WHERE id = '{incident}'",
+        f"UPDATE incident SET id = 'renamed' WHERE id = '{incident}'",
+    ]
+    engine = make_sync_engine(db_url)
+    try:
+        for sql in refused:
+            with pytest.raises(sa.exc.IntegrityError, match="(?i)foreign key"), \
+                    engine.begin() as conn:
+                for statement in sql.split("; "):
+                    conn.exec_driver_sql(statement)
+        with engine.connect() as conn:
+            stored = conn.exec_driver_sql("SELECT id, incident_id FROM alert").all()
+    finally:
+        engine.dispose()
+    assert stored == [(alert, incident)]
