@@ -143,7 +143,7 @@ def test_alerts_name_stored_incidents_on_both_databases(client: TestClient, db_u
     engine = make_sync_engine(db_url)
     try:
         for sql in refused:
-            with pytest.raises(sa.exc.IntegrityError, match="(?i)foreign key"), \
+            with pytest.raises(sa.exc.IntegrityError, match=r"(?i)foreign key"), \
                     engine.begin() as conn:
                 for statement in sql.split("; "):
                     conn.exec_driver_sql(statement)
