@@ -136,6 +136,9 @@ class _Batch:
     # those names (alert ids by fingerprint), read at its first resolution (`_stored_firing`).
     resolving: list[str] = field(default_factory=list)
     firing: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # Numbers for the incidents the batch may open, taken with the key lookup (a round trip
+    # less than asking once the openings are known); what is left is given back.
+    references: incidents.Reservation | None = None
 
 
 def _open_keys_sql(match: str) -> str:
@@ -159,11 +162,18 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     db = await driver(session)
     fps = sorted({a.fingerprint for a in alerts} | {r for a in alerts for r in a.references})
     keys = sorted({a.group_key for a in alerts if a.group_key})
-    statements: list[tuple[str, tuple[Any, ...]]] = [
+    statements: list[tuple[str, Any]] = [
         (_OPEN_KEYS[db.conn.dialect.name], (db.listed(fps), db.listed(keys)))]
     if not db.sqlite:
         statements.insert(0, ("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,)))
-    found = (await db.execute_all(statements))[-1]
+    # Each firing alert may open an incident; after the lookup, so that the counter's row is
+    # locked only once this writer holds the ingest lock.
+    may_open = sum(a.status != "resolved" for a in alerts)
+    reserving, reserved = incidents.reserve_references(session, ctx.env, ctx.now, may_open)
+    results = await db.execute_all(statements + (reserving if may_open else []))
+    found = results[len(statements) - 1]
+    if may_open:
+        batch.references = reserved(results[len(statements):])
     targets = batch.targets
     for kind, key, incident_id, state, severity in found:
         batch.keys[(kind, key)] = incident_id
@@ -238,7 +248,9 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
     await _apply_raises(session, ctx, batch, list(batch.targets.values()))
     await _write_back(session, batch)
     # Incidents first: the alerts and keys refer to them.
-    await incidents.store_openings(session, ctx.env, batch.openings)
+    await incidents.store_openings(session, ctx.env, batch.openings, batch.references)
+    if batch.references is not None:
+        await incidents.give_back(session, batch.references)
     await session.flush()
     await _count_attached(session, ctx, batch)
     await _save_keys(session, ctx, batch)

@@ -8,6 +8,7 @@ so the state, the version, the timeline chain and the outbox rows move together.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -299,19 +300,61 @@ def _scope_agency(principal: Principal) -> str | None:
 _REFERENCE_UPSERT = ("INSERT INTO reference_counter (year, value) VALUES (?, ?) "
                      "ON CONFLICT (year) DO UPDATE SET value = reference_counter.value + "
                      "excluded.value RETURNING value")
+_REFERENCE_GIVE_BACK = "UPDATE reference_counter SET value = value - ? WHERE year = ?"
+
+
+@dataclass
+class Reservation:
+    """Reference numbers taken before anyone knows how many incidents a transaction will
+    open (an ingest group asks with its key lookup, in the same round trip): the upsert
+    holds the counter's row lock until the transaction ends, so nobody takes a number in
+    between, and what is given back (`give_back`) leaves the sequence without a gap."""
+
+    year: int
+    last: int
+    count: int
+    used: int = 0
+
+    def take(self, n: int) -> list[str]:
+        if self.used + n > self.count:
+            raise RuntimeError("more incidents opened than references reserved")
+        first = self.last - self.count + self.used + 1
+        self.used += n
+        return [f"INC-{self.year}-{value:06d}" for value in range(first, first + n)]
+
+
+def reserve_references(session: AsyncSession, env: Env, now: datetime, count: int
+                       ) -> tuple[list[tuple[str, Any]], Callable[[list[list[Any]]], Reservation]]:
+    """The statements that reserve `count` numbers and read the subscriptions that new
+    incidents' events are matched against (if this transaction has not read them yet), for
+    a caller that sends them with its own (one round trip); and what makes the reservation
+    of their rows."""
+    year = now.astimezone(env.zone).year
+    statements = [(_REFERENCE_UPSERT, (year, count)), *fanout.unread(session)]
+
+    def reserved(results: list[list[Any]]) -> Reservation:
+        [(last,)], *subscriptions = results
+        for rows in subscriptions:
+            fanout.remember(session, rows)
+        return Reservation(year, last, count)
+
+    return statements, reserved
+
+
+async def give_back(session: AsyncSession, reservation: Reservation) -> None:
+    """Return the numbers not taken (before the transaction ends; no result is read)."""
+    unused = reservation.count - reservation.used
+    if unused:
+        db = await driver(session)
+        await db.execute(_REFERENCE_GIVE_BACK, (unused, reservation.year), wait=False)
 
 
 async def next_references(session: AsyncSession, env: Env, now: datetime,
                           count: int) -> list[str]:
     """`count` numbers `INC-YYYY-NNNNNN` from one atomic upsert, so concurrent creators never
-    share a number. The subscriptions that the new incidents' events are matched against
-    come with them if the transaction has not read them yet (one round trip)."""
-    year = now.astimezone(env.zone).year
-    [(last,)], *subscriptions = await (await driver(session)).execute_all(
-        [(_REFERENCE_UPSERT, (year, count)), *fanout.unread(session)])
-    for rows in subscriptions:
-        fanout.remember(session, rows)
-    return [f"INC-{year}-{value:06d}" for value in range(last - count + 1, last + 1)]
+    share a number (one round trip, with the subscriptions: `reserve_references`)."""
+    statements, reserved = reserve_references(session, env, now, count)
+    return reserved(await (await driver(session)).execute_all(statements)).take(count)
 
 
 def agency_codes(inc: Incident) -> list[str]:
@@ -371,13 +414,17 @@ def open_incident(env: Env, item_in: IncidentCreate, actor: str, now: datetime, 
     return Opening(inc, wf, [entry], started, detected)
 
 
-async def store_openings(session: AsyncSession, env: Env, openings: list[Opening]) -> None:
+async def store_openings(session: AsyncSession, env: Env, openings: list[Opening],
+                         reservation: Reservation | None = None) -> None:
     """Number and insert new incidents with their agency links, timeline, clocks and
-    `incident.detected` events (in the order given)."""
+    `incident.detected` events (in the order given), numbered from `reservation` if given."""
     if not openings:
         return
-    now = openings[0].incident.created_at
-    refs = await next_references(session, env, now, len(openings))
+    if reservation is not None:
+        refs = reservation.take(len(openings))
+    else:
+        refs = await next_references(session, env, openings[0].incident.created_at,
+                                     len(openings))
     for opening, ref in zip(openings, refs, strict=True):
         opening.incident.reference = ref
         opening.detected["data"]["incident"]["reference"] = ref
