@@ -8,7 +8,7 @@ Create Date: 2026-11-26 11:06:01.647447
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 import app.core.types
