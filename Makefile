@@ -32,7 +32,7 @@ test: $(DEV_STAMP)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy app workflows notifiers migrations bench
+	$(BIN)/mypy app workflows notifiers migrations bench tests
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.run

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from app.core.clock import clock
 from app.core.config import Settings
 from app.core.migrate import upgrade
+from tests.factories import portal
 
 PG_URL = os.environ.get(
     "CRISISFLOW_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -154,7 +155,7 @@ def app(settings: Settings) -> Any:
 @pytest.fixture
 def client(app: Any) -> Iterator[TestClient]:
     with TestClient(app, raise_server_exceptions=False) as c:
-        c.portal.call(_seed, app.state.db)
+        portal(c).call(_seed, app.state.db)
         yield c
 
 
@@ -182,7 +183,7 @@ def make_key(client: TestClient) -> Callable[..., dict[str, str]]:
                                  agency=agency, signing_secret=signing_secret),
                 )
 
-        created = client.portal.call(run)
+        created = portal(client).call(run)
         return {"Authorization": f"Bearer {created.key}"}
 
     return make

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
+from anyio.from_thread import BlockingPortal
+from fastapi.testclient import TestClient
 
 T = TypeVar("T")
 PROBLEM = "application/problem+json"
@@ -45,11 +47,22 @@ def fire(client: Any, headers: dict[str, str], incident_id: str, trigger: str,
     return resp
 
 
-ASSESS = {"severity": "medium", "category": "fake_news", "summary": "Đánh giá ban đầu"}
-RESPONSE = {"channel": "press_release", "statement": "Thông tin chính thức: tin trên là sai.",
-            "spokesperson": "Người phát ngôn Bộ Y tế"}
-PROPOSAL = {"lead_agency": "MOH", "members": ["MIC", "MPS"], "mandate": "Xử lý tin giả",
-            "rationale": "Lan truyền nhanh trên mạng xã hội"}
+# Values typed Any: mypy checks a `**` splat into `fire` against `expect: int | None` too, which
+# the inferred `str` values would fail.
+ASSESS: dict[str, Any] = {"severity": "medium", "category": "fake_news",
+                          "summary": "Đánh giá ban đầu"}
+RESPONSE: dict[str, Any] = {"channel": "press_release",
+                            "statement": "Thông tin chính thức: tin trên là sai.",
+                            "spokesperson": "Người phát ngôn Bộ Y tế"}
+PROPOSAL: dict[str, Any] = {"lead_agency": "MOH", "members": ["MIC", "MPS"],
+                            "mandate": "Xử lý tin giả",
+                            "rationale": "Lan truyền nhanh trên mạng xã hội"}
+
+
+def portal(client: TestClient) -> BlockingPortal:
+    """The portal onto the app's event loop; it exists only inside `with TestClient(...)`."""
+    assert client.portal is not None, "the TestClient is not running"
+    return client.portal
 
 
 def eventually(probe: Callable[[], T | None], timeout: float, what: str,

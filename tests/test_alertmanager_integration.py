@@ -32,14 +32,14 @@ API = "/api/v1"
 CONFIG = Path(__file__).resolve().parent / "fixtures" / "alertmanager" / "crisisflow.yml"
 BINARIES = ("prometheus-alertmanager", "alertmanager")
 
-FAKE_NEWS = {
+FAKE_NEWS: dict[str, Any] = {
     "labels": {"alertname": "TinGiaLanTruyen", "topic": "chinh-sach-bao-hiem", "agency": "MIC",
                "agencies": "MOLISA,VSS", "severity": "critical", "platform": "facebook"},
     "annotations": {"summary": "Tin giả về chính sách bảo hiểm xã hội lan truyền nhanh",
                     "description": "1.200 lượt chia sẻ trong 30 phút; tỷ lệ tiêu cực 78%"},
     "generatorURL": "http://monitor.example.vn/graph?id=42",
 }
-FUEL = {
+FUEL: dict[str, Any] = {
     "labels": {"alertname": "GiaXangTang", "severity": "warning", "agency": "MOIT",
                "category": "negative_sentiment"},
     "annotations": {"summary": "Phản ứng tiêu cực về giá xăng dầu"},

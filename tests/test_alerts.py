@@ -30,7 +30,7 @@ from app.core.signing import headers as signature_headers
 from app.incidents.models import Incident
 from app.notifications.models import Event
 from app.worker import Worker
-from tests.factories import ASSESS, assert_problem, fire, live_server
+from tests.factories import ASSESS, assert_problem, fire, live_server, portal
 from tests.helpers.receivers import HttpReceiver
 
 API = "/api/v1"
@@ -108,7 +108,7 @@ def db_call(client: TestClient, fn: Callable[[Any], Any]) -> Any:
         async with client.app.state.db.read() as session:  # type: ignore[attr-defined]
             return await fn(session)
 
-    return client.portal.call(run)
+    return portal(client).call(run)
 
 
 def count(client: TestClient, model: Any, *where: Any) -> int:
@@ -561,7 +561,7 @@ def test_raises_and_resolutions_within_one_batch_keep_alert_order(
         with engine.connect() as conn:
             for incident_id in (a["id"], b["id"]):
                 rows = conn.execute(sa.select(TimelineEntry).where(
-                    TimelineEntry.incident_id == incident_id).order_by(TimelineEntry.seq))
+                    TimelineEntry.incident_id == incident_id).order_by(col(TimelineEntry.seq)))
                 entries = [TimelineEntry.model_validate(r._mapping) for r in rows]
                 assert first_broken_link(entries) is None
     finally:
@@ -645,7 +645,7 @@ def test_incident_detected_reaches_a_subscribed_webhook_once(
         assert resp.status_code == 201, resp.text
         body = alert("Tin giả về vắc-xin", labels={"agency": "MOH", "topic": "vac-xin"})
         first = one(client, monitor, body)
-        client.portal.call(worker.drain)
+        portal(client).call(worker.drain)
         [req] = rx.wait_for(1)
         event = req.json()
         assert event["type"] == "incident.detected"
@@ -654,7 +654,7 @@ def test_incident_detected_reaches_a_subscribed_webhook_once(
         # Repeats and grouped alerts notify nobody again.
         one(client, monitor, body)
         one(client, monitor, alert(labels={"agency": "MOH", "topic": "vac-xin", "p": "x"}))
-        client.portal.call(worker.drain)
+        portal(client).call(worker.drain)
         time.sleep(0.3)
         assert len(rx.requests) == 1
 
@@ -1290,7 +1290,7 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
     engine = make_sync_engine(settings.database_url)
     try:
         with engine.connect() as conn:
-            fingerprints = sorted(conn.execute(sa.select(Alert.fingerprint)).scalars())
+            fingerprints = sorted(conn.execute(sa.select(col(Alert.fingerprint))).scalars())
     finally:
         engine.dispose()
     assert fingerprints == ["hook", *(f"ok-{n}-{i:03d}" for n in (1, 2)

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy.dialects import sqlite
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col
 
 from app.alerts.models import Alert
 from app.core.bulk import insert_rows
@@ -26,6 +26,7 @@ from app.core.types import UTCDateTime, row_of, table_of, unvalidated
 from app.incidents.models import Category, Incident, IncidentPublic, Severity, State
 from app.incidents.search import fold
 from app.incidents.service import snapshot
+from tests.factories import portal
 
 ICT = timezone(timedelta(hours=7))
 NOW = datetime(2026, 11, 26, 15, 4, 5, 60, tzinfo=ICT)
@@ -80,8 +81,8 @@ def test_driver_inserts_store_what_the_orm_stores(client: TestClient, backend: s
                                                                   _stored(c, t, b)))
                     for t, a, b in [("incident", "orm", "bulk"), ("alert", "orm-a", "bulk-a")]]
 
-    client.portal.call(write)
-    rows = client.portal.call(read)
+    portal(client).call(write)
+    rows = portal(client).call(read)
     if backend == "sqlite":  # the text format SQLAlchemy's SQLite dialect stores and compares
         assert rows[0][1]["created_at"] == "2026-11-26 08:04:05.000060"
     for orm_row, bulk_row in rows:
@@ -146,8 +147,8 @@ def test_many_rows_store_what_the_orm_stores_and_fail_as_one(
                 table_of(Alert)).where(table_of(Alert).c.id.like("orphan-%")))).scalar_one()
             return stored, sorted(years), orphans
 
-    client.portal.call(write)
-    stored, years, orphans = client.portal.call(read)
+    portal(client).call(write)
+    stored, years, orphans = portal(client).call(read)
     for orm_row, bulk_row in (stored[:2], stored[2:]):
         differing = {k for k in orm_row if orm_row[k] != bulk_row[k]}
         assert differing == {"id"}, {k: (orm_row[k], bulk_row[k]) for k in differing}
@@ -183,7 +184,7 @@ def test_events_are_numbered_in_list_order_and_conflicts_raise_as_usual(
 
     async def read() -> list[Any]:
         async with db.read() as session:
-            result = await session.execute(sa.select(Event).order_by(Event.seq))
+            result = await session.execute(sa.select(Event).order_by(col(Event.seq)))
             # As plain values: the read session's rollback expires the objects.
             return [SimpleNamespace(**e.model_dump()) for e in result.scalars().all()]
 
@@ -194,8 +195,8 @@ def test_events_are_numbered_in_list_order_and_conflicts_raise_as_usual(
             await emit_rows(session, [event_row(type="x", at=NOW, incident=None,
                                                 dedup_key="k3")])
 
-    client.portal.call(write)
-    stored = client.portal.call(read)
+    portal(client).call(write)
+    stored = portal(client).call(read)
     assert [e.id for e in stored] == [r["id"] for r in rows] + [stored[-1].id]
     assert [e.data["n"] for e in stored] == [*range(len(rows)), -1]
     orm, bulk = stored[-1], stored[0]
@@ -203,8 +204,8 @@ def test_events_are_numbered_in_list_order_and_conflicts_raise_as_usual(
     assert bulk.data["incident"] == orm.data["incident"] and bulk.severity == "high"
     assert bulk.data["none"] is None and bulk.data["ratio"] == 0.5
     with pytest.raises(sa.exc.IntegrityError):
-        client.portal.call(duplicate)
-    assert len(client.portal.call(read)) == len(rows) + 1  # "fresh" went with it
+        portal(client).call(duplicate)
+    assert len(portal(client).call(read)) == len(rows) + 1  # "fresh" went with it
 
 
 def _fold_reference(text: str) -> str:
@@ -244,7 +245,7 @@ def test_listed_times_read_as_the_serialised_datetimes(db_url: str, backend: str
     samples += [start + timedelta(seconds=rng.randrange(10**9),
                                   microseconds=rng.choice([0, rng.randrange(10**6)]))
                 for _ in range(3000)]
-    expected = [dumps_utc(at.astimezone(UTC)).decode()[1:-1] for at in samples]
+    expected: list[str | None] = [dumps_utc(at.astimezone(UTC)).decode()[1:-1] for at in samples]
     engine = make_sync_engine(db_url)
     try:
         with engine.connect() as conn:
@@ -260,7 +261,7 @@ def test_listed_times_read_as_the_serialised_datetimes(db_url: str, backend: str
                 params: Any = (dumps(stored).decode(),)
             else:
                 samples.append(None)  # type: ignore[arg-type]
-                expected.append(None)  # type: ignore[arg-type]
+                expected.append(None)
                 sql = (f"SELECT {postgresql_time_sql('x')} FROM unnest(%s::timestamptz[]) "
                        "WITH ORDINALITY AS v(x, i) ORDER BY i")
                 params = ([at.astimezone(ICT) if at else None for at in samples],)
@@ -301,7 +302,7 @@ def test_held_statements_land_in_order_or_fail_as_one(client: TestClient, backen
             return list((await session.execute(sa.select(table.c.year, table.c.value)
                                                .order_by(table.c.year))).all())
 
-    assert [tuple(r) for r in client.portal.call(scenario)] == [(1, 1), (2, 2), (3, 3), (6, 6)]
+    assert [tuple(r) for r in portal(client).call(scenario)] == [(1, 1), (2, 2), (3, 3), (6, 6)]
 
 
 async def _years(db: Any) -> list[tuple[int, int]]:
@@ -469,10 +470,14 @@ def test_prepared_statements_are_planned_again_once_old(
     clock = SimpleNamespace(now=1000.0)
     monkeypatch.setattr(pgpipe, "time", SimpleNamespace(monotonic=lambda: clock.now))
 
+    # Values typed Any: mypy checks a `**` splat against `connect`'s `autocommit: bool` too, which
+    # the inferred `None` values would fail.
+    connect_args: dict[str, Any] = pgpipe.CONNECT_ARGS
+
     async def scenario() -> list[Any]:
-        conn = await psycopg.AsyncConnection.connect(dsn, **pgpipe.CONNECT_ARGS)
+        conn = await psycopg.AsyncConnection.connect(dsn, **connect_args)
         try:
-            seen = []
+            seen: list[Any] = []
             for round_ in range(3):
                 if round_ == 2:
                     clock.now += pgpipe.REPLAN_FIRST_S + 0.1

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from sqlmodel import col
 from typer.testing import CliRunner
 
 from app.cli import cli
 from app.core.config import get_settings
 from app.incidents.models import Incident, TimelineEntry
 from app.incidents.timeline import verify_all
-from tests.factories import ASSESS, PROPOSAL, RESPONSE, fire, open_incident
+from tests.factories import ASSESS, PROPOSAL, RESPONSE, fire, open_incident, portal
 
 API = "/api/v1"
 
@@ -62,7 +63,7 @@ def count_entries(client: TestClient) -> int:
                 TimelineEntry.__table__))  # type: ignore[attr-defined]
             return int(result.scalar_one())
 
-    total: int = client.portal.call(count)
+    total: int = portal(client).call(count)
     return total
 
 
@@ -71,11 +72,11 @@ def tamper(client: TestClient, statement: Any) -> None:
         async with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
             await session.execute(statement)
 
-    client.portal.call(run)
+    portal(client).call(run)
 
 
 def entry_where(incident_id: str, seq: int) -> Any:
-    return sa.and_(TimelineEntry.incident_id == incident_id, TimelineEntry.seq == seq)
+    return sa.and_(col(TimelineEntry.incident_id) == incident_id, col(TimelineEntry.seq) == seq)
 
 
 def test_audit_verify_passes_on_a_clean_database(client: TestClient, make_key: Any,
@@ -95,7 +96,7 @@ def test_audit_verify_passes_on_a_clean_database(client: TestClient, make_key: A
     # the walk goes batch by batch, reporting progress after each
     db = client.app.state.db  # type: ignore[attr-defined]
     calls: list[tuple[int, int]] = []
-    result = client.portal.call(lambda: verify_all(
+    result = portal(client).call(lambda: verify_all(
         db, batch_size=2, progress=lambda done, total: calls.append((done, total))))
     assert (result.broken, result.incidents, result.entries) == (None, 5, entries)
     assert calls == [(2, 5), (4, 5), (5, 5)]
@@ -169,7 +170,7 @@ def test_audit_verify_catches_each_kind_of_damage(client: TestClient, make_key: 
                 await session.execute(sa.update(incidents).where(incidents.c.id == target["id"])
                                       .values(timeline_seq=7))
 
-    original = client.portal.call(snapshot)
+    original = portal(client).call(snapshot)
     for kind, seq, reason in (
         ("delete_middle", 3, "sequence gap: expected 2, found 3"),
         ("delete_last", 6, "chain ends at seq 5"),
@@ -177,12 +178,12 @@ def test_audit_verify_catches_each_kind_of_damage(client: TestClient, make_key: 
         ("actor", 5, "content does not match its hash"),
         ("head", 7, "timeline head is seq 7"),
     ):
-        client.portal.call(damage, kind)
+        portal(client).call(damage, kind)
         result = audit()
         assert result.exit_code == 1, (kind, result.output)
         assert result.stdout.startswith(f"BROKEN: {target['reference']} "), kind
         assert f" seq {seq}: " in result.stdout and reason in result.stdout, result.stdout
-        client.portal.call(restore, original)
+        portal(client).call(restore, original)
         assert audit().exit_code == 0, kind
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from sqlmodel import col
 
 from app.bootstrap import build_env, open_database
 from app.core.clock import clock
@@ -19,7 +20,7 @@ from app.core.config import Settings
 from app.deadlines.firing import fire_due
 from app.notifications.models import Event
 from app.worker import Worker
-from tests.factories import ASSESS, RESPONSE, fire, live_server, open_incident
+from tests.factories import ASSESS, RESPONSE, fire, live_server, open_incident, portal
 from tests.helpers.receivers import HttpReceiver
 
 H = timedelta(hours=1)
@@ -31,17 +32,17 @@ H = timedelta(hours=1)
 def tick(client: TestClient, app: Any) -> Callable[[], None]:
     worker = Worker(app.state.db, app.state.settings, registry=app.state.notifiers,
                     env=app.state.env, name="test")
-    return lambda: client.portal.call(worker.drain)
+    return lambda: portal(client).call(worker.drain)
 
 
 def events(client: TestClient, type_: str) -> list[dict[str, Any]]:
     async def run() -> list[dict[str, Any]]:
         async with client.app.state.db.read() as session:  # type: ignore[attr-defined]
-            rows = await session.execute(sa.select(Event.data).where(Event.type == type_)
-                                         .order_by(Event.seq))
+            rows = await session.execute(sa.select(col(Event.data)).where(col(Event.type) == type_)
+                                         .order_by(col(Event.seq)))
             return [r[0] for r in rows]
 
-    return client.portal.call(run)  # type: ignore[no-any-return]
+    return portal(client).call(run)
 
 
 def at(value: str) -> datetime:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
+from starlette.routing import BaseRoute
 
 from app.core.config import SettingsError, load_settings
-from tests.factories import PROBLEM, assert_problem
+from tests.factories import PROBLEM, assert_problem, portal
 
 # -- settings ---------------------------------------------------------------------------
 
@@ -78,7 +80,7 @@ def test_revoked_key_is_401(client: TestClient, make_key) -> None:  # type: igno
             row = (await session.exec(select(ApiKey).where(ApiKey.name == "revokable"))).one()
             await revoke_key(session, row.id)
 
-    client.portal.call(revoke)
+    portal(client).call(revoke)
     client.app.state.key_cache.clear()  # type: ignore[attr-defined]
     assert_problem(client.get("/api/v1/agencies", headers=headers), 401,
                    "/problems/unauthenticated")
@@ -265,7 +267,7 @@ def test_no_route_dependency_runs_on_a_worker_thread(app) -> None:  # type: igno
             found += plain(dep)
         return found
 
-    def routes(items):  # type: ignore[no-untyped-def]
+    def routes(items: Sequence[BaseRoute]) -> Iterator[BaseRoute]:
         for route in items:
             # FastAPI keeps an included router's routes behind a wrapper of its own.
             included = getattr(route, "original_router", None)

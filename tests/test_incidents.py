@@ -23,7 +23,7 @@ from app.core.clock import clock
 from app.incidents.models import Category, Incident, Severity, State
 from app.incidents.search import search_text
 from app.notifications.models import Event
-from tests.factories import ASSESS, PROPOSAL, RESPONSE, assert_problem, fire, open_incident
+from tests.factories import ASSESS, PROPOSAL, RESPONSE, assert_problem, fire, open_incident, portal
 
 API = "/api/v1"
 Headers = dict[str, str]
@@ -90,7 +90,9 @@ def latest_proposal(client: TestClient, headers: Headers, incident_id: str) -> d
 def assessed(client: TestClient, headers: Headers, severity: str = "medium",
              **fields: Any) -> dict[str, Any]:
     inc = open_incident(client, headers, **fields)
-    return fire(client, headers, inc["id"], "assess", **{**ASSESS, "severity": severity}).json()
+    data: dict[str, Any] = fire(client, headers, inc["id"], "assess",
+                                **{**ASSESS, "severity": severity}).json()
+    return data
 
 
 def proposed(client: TestClient, headers: Headers, severity: str = "high",
@@ -106,7 +108,7 @@ def db_call(client: TestClient, fn: Callable[[Any], Any]) -> Any:
         async with client.app.state.db.read() as session:  # type: ignore[attr-defined]
             return await fn(session)
 
-    return client.portal.call(run)
+    return portal(client).call(run)
 
 
 def events(client: TestClient, incident_id: str, type_: str | None = None) -> list[Event]:
@@ -793,7 +795,7 @@ def _bulk_incidents(client: TestClient, n: int) -> None:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 await conn.exec_driver_sql("VACUUM ANALYZE incident")
 
-    client.portal.call(insert)
+    portal(client).call(insert)
 
 
 def test_search_query_plan_uses_the_index(client: TestClient, duty: Headers,
@@ -820,7 +822,7 @@ def test_search_query_plan_uses_the_index(client: TestClient, duty: Headers,
             plan += [r[0] for r in await conn.exec_driver_sql(f"EXPLAIN {statement}", params)]
             return plan
 
-    plan = client.portal.call(explain)
+    plan = portal(client).call(explain)
     print(f"\n[{backend}] list query with q='đường dây nóng' over 2001 incidents:\n{statement}")
     print(f"[{backend}] parameters: {params}")
     print(f"[{backend}] plan:\n" + "\n".join(plan))
@@ -881,7 +883,7 @@ def test_a_listed_incident_reads_as_it_does_alone(client: TestClient, duty: Head
             await session.execute(sa.update(Incident).where(
                 col(Incident.id) == on_the_second["id"]).values(created_at=at, updated_at=at))
 
-    client.portal.call(whole_second)
+    portal(client).call(whole_second)
     listed = client.get(f"{API}/incidents", headers=duty).json()["items"]
     assert [i["id"] for i in listed] == [full["id"], plain["id"], on_the_second["id"]]
     for item in listed:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from app.alerts.remote import PROCESS_NAME
-from tests.factories import eventually, free_port
+from tests.factories import eventually, free_port, portal
 from tests.helpers.receivers import HttpReceiver
 
 CRISISFLOW = str(Path(sys.executable).with_name("crisisflow"))
@@ -222,9 +222,9 @@ def test_not_ready_until_the_ingest_process_accepts_alerts(db_url: str, tmp_path
         async def start() -> None:
             asyncio.get_running_loop().create_task(server.run(stop))
 
-        http.portal.call(start)
+        portal(http).call(start)
         eventually(lambda: http.get("/readyz").status_code == 200, 20, "readiness")
-        http.portal.call(stop.set)
+        portal(http).call(stop.set)
 
 
 def test_ctrl_c_stops_serve_and_its_ingest_process_quietly(db_url: str, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from tests.factories import (
     fire,
     live_server,
     open_incident,
+    portal,
 )
 
 H = timedelta(hours=1)
@@ -177,7 +178,7 @@ def test_stats_match_a_hand_count(client: TestClient, keys: dict[str, dict[str, 
     fire(client, duty, b["id"], "assess", **{**ASSESS, "severity": "medium"})
     fire(client, duty, b["id"], "issue_response", **RESPONSE)  # 90 min after detection
     _at(start + 3 * H)
-    client.portal.call(_fire_deadlines, client)  # the critical one missed its 1 h clock
+    portal(client).call(_fire_deadlines, client)  # the critical one missed its 1 h clock
     got = client.get("/api/v1/stats", headers=keys["leader"]).json()
     assert got["total"] == 3
     assert got["by_state"] == {"detected": 1, "assessed": 1, "response_issued": 1}

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from app.core.clock import clock
 from app.core.signing import verify
 from app.worker import Worker
-from tests.factories import ASSESS, PROPOSAL, assert_problem, fire, open_incident
+from tests.factories import ASSESS, PROPOSAL, assert_problem, fire, open_incident, portal
 from tests.helpers.receivers import HttpReceiver
 
 SECRET = "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2"
@@ -32,7 +32,7 @@ def drain(client: TestClient, app: Any) -> Callable[[], None]:
     worker = Worker(app.state.db, app.state.settings, registry=app.state.notifiers, name="test")
 
     def run() -> None:
-        client.portal.call(worker.drain)
+        portal(client).call(worker.drain)
 
     return run
 
@@ -141,7 +141,8 @@ def test_escalation_adds_authority_recipients(client: TestClient, admin: dict[st
     inc = open_incident(client, duty, affected_agencies=["MOH"])
     fire(client, duty, inc["id"], "assess", **{**ASSESS, "severity": "high"})
     drain()
-    got = {r.path.split("?")[1]: [] for r in receiver.wait_for(3)}
+    got: dict[str, list[tuple[str, int | None]]] = {
+        r.path.split("?")[1]: [] for r in receiver.wait_for(3)}
     for r in receiver.requests:
         got[r.path.split("?")[1]].append((r.json()["type"], r.json()["data"].get("level")))
     # Level 1: MIC gets the escalation (not the assessment: it is not involved); VPCP nothing.

@@ -350,7 +350,9 @@ def test_a_small_write_commits_on_the_loop_and_a_large_one_on_the_thread(
         threads: list[int] = []
         async with db.transaction() as session:
             conn = await session.connection()
-            raw = (await conn.get_raw_connection()).dbapi_connection._connection._conn
+            dbapi = (await conn.get_raw_connection()).dbapi_connection
+            assert dbapi is not None
+            raw = dbapi._connection._conn
             raw.set_trace_callback(
                 lambda sql: threads.append(threading.get_ident()) if sql == "COMMIT" else None)
             await session.execute(insert, [{"b": "x" * 100}] * rows)

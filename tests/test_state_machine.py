@@ -17,9 +17,11 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from sqlmodel import col
 
 from app.incidents.models import Proposal, Response, TimelineEntry
 from app.incidents.timeline import first_broken_link
+from tests.factories import portal
 
 STATES = {"detected", "assessed", "task_force_proposed", "response_issued", "closed"}
 ROLES = ["duty", "duty2", "leader", "admin", "viewer"]
@@ -127,7 +129,7 @@ def test_workflow_invariants_hold_under_random_use(
             assert inc["version"] == self.writes + 1
             if inc["state"] == "closed":
                 assert inc["closure"] is not None
-            facts = client.portal.call(_facts, client, self.id)
+            facts = portal(client).call(_facts, client, self.id)
             if inc["state"] == "response_issued":
                 assert facts["responses"], "response_issued without a response"
             # The response that moved the incident into response_issued needs an approved
@@ -148,14 +150,14 @@ async def _facts(client: TestClient, incident_id: str) -> dict[str, Any]:
     app: Any = client.app
     async with app.state.db.read() as session:
         rows = (await session.execute(
-            sa.select(Response.id, Response.severity_at_issue, Proposal.status,
-                      Proposal.decided_at, Response.issued_at)
-            .outerjoin(Proposal, Proposal.id == Response.approved_proposal_id)
-            .where(Response.incident_id == incident_id)
+            sa.select(col(Response.id), col(Response.severity_at_issue), col(Proposal.status),
+                      col(Proposal.decided_at), col(Response.issued_at))
+            .outerjoin(Proposal, col(Proposal.id) == Response.approved_proposal_id)
+            .where(col(Response.incident_id) == incident_id)
         )).all()
         entries = (await session.exec(
-            sa.select(TimelineEntry).where(TimelineEntry.incident_id == incident_id)
-            .order_by(TimelineEntry.seq))).scalars().all()
+            sa.select(TimelineEntry).where(col(TimelineEntry.incident_id) == incident_id)
+            .order_by(col(TimelineEntry.seq)))).scalars().all()
         broken = first_broken_link(entries)
         follow_ups = {e.data.get("response_id") for e in entries
                       if e.from_state == "response_issued" and e.data.get("response_id")}

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlmodel import col
 
 from app.bootstrap import open_database
 from app.core.clock import utcnow
@@ -39,13 +40,14 @@ def seed_events(db_url: str, target: str, count: int) -> list[str]:
                                          scope="all", created_at=utcnow()))
             async with db.transaction() as session:
                 for i in range(count):
-                    incident = {"id": new_id(), "reference": f"INC-2026-{i:06d}",
-                                "severity": "medium", "category": "other",
-                                "lead_agency": None, "affected_agencies": [],
-                                "escalation_level": 0, "title": f"Sự cố {i}"}
+                    incident: dict[str, Any] = {
+                        "id": new_id(), "reference": f"INC-2026-{i:06d}",
+                        "severity": "medium", "category": "other",
+                        "lead_agency": None, "affected_agencies": [],
+                        "escalation_level": 0, "title": f"Sự cố {i}"}
                     await emit(session, type="incident.detected", at=utcnow(), incident=incident)
             async with db.read() as session:
-                return [r[0] for r in (await session.execute(sa.select(Delivery.id))).all()]
+                return [r[0] for r in (await session.execute(sa.select(col(Delivery.id)))).all()]
         finally:
             await db.dispose()
 
@@ -130,8 +132,8 @@ def test_two_workers_never_attempt_one_delivery_twice(db_url: str, receiver: Htt
         try:
             async with db.read() as session:
                 rows = await session.execute(
-                    sa.select(DeliveryAttempt.delivery_id, DeliveryAttempt.worker)
-                    .where(DeliveryAttempt.outcome == "delivered"))
+                    sa.select(col(DeliveryAttempt.delivery_id), col(DeliveryAttempt.worker))
+                    .where(col(DeliveryAttempt.outcome) == "delivered"))
                 return list(rows.all())
         finally:
             await db.dispose()

@@ -18,7 +18,7 @@ from app.cli import cli
 from app.core.errors import GuardFailed, ValidationProblem
 from app.incidents import service
 from app.incidents.models import IncidentCreate
-from tests.factories import ASSESS, RESPONSE, assert_problem, fire, open_incident
+from tests.factories import ASSESS, RESPONSE, assert_problem, fire, open_incident, portal
 from workflows.engine import (
     DEFAULT_WORKFLOW,
     DEFINITIONS_DIR,
@@ -366,7 +366,7 @@ def test_each_incident_keeps_the_workflow_and_version_it_started_with(
                                         workflow="rapid-rebuttal")
         return old.id, new.id, mini.id
 
-    old_id, new_id, mini_id = client.portal.call(open_three)
+    old_id, new_id, mini_id = portal(client).call(open_three)
 
     async def fire_as(incident_id: str, trigger: str, body: dict[str, Any]) -> Any:
         async with db.transaction() as session:
@@ -374,7 +374,7 @@ def test_each_incident_keeps_the_workflow_and_version_it_started_with(
             return (inc.workflow, inc.workflow_version, inc.state.value)
 
     def run(incident_id: str, trigger: str, body: dict[str, Any]) -> Any:
-        return client.portal.call(fire_as, incident_id, trigger, body)
+        return portal(client).call(fire_as, incident_id, trigger, body)
 
     high = {**ASSESS, "severity": "high"}
     assert run(old_id, "assess", high) == (DEFAULT_WORKFLOW, 1, "assessed")
