@@ -65,6 +65,15 @@ def portal(client: TestClient) -> BlockingPortal:
     return client.portal
 
 
+def db_call(client: TestClient, fn: Callable[[Any], Any]) -> Any:
+    """Run `fn(session)` in a read session of the app's own database, on the app's loop."""
+    async def run() -> Any:
+        async with client.app.state.db.read() as session:  # type: ignore[attr-defined]
+            return await fn(session)
+
+    return portal(client).call(run)
+
+
 def eventually(probe: Callable[[], T | None], timeout: float, what: str,
                interval: float = 0.1) -> T:
     """Poll `probe` until it returns something truthy; fail naming `what` after `timeout`."""

@@ -30,7 +30,7 @@ from app.core.signing import headers as signature_headers
 from app.incidents.models import Incident
 from app.notifications.models import Event
 from app.worker import Worker
-from tests.factories import ASSESS, assert_problem, fire, live_server, portal
+from tests.factories import ASSESS, assert_problem, db_call, fire, live_server, portal
 from tests.helpers.receivers import HttpReceiver
 
 API = "/api/v1"
@@ -100,15 +100,6 @@ def list_incidents(client: TestClient, headers: Headers) -> list[dict[str, Any]]
     assert resp.status_code == 200, resp.text
     items: list[dict[str, Any]] = resp.json()["items"]
     return items
-
-
-def db_call(client: TestClient, fn: Callable[[Any], Any]) -> Any:
-    """Run `fn(session)` in a read session of the app's own database, on the app's loop."""
-    async def run() -> Any:
-        async with client.app.state.db.read() as session:  # type: ignore[attr-defined]
-            return await fn(session)
-
-    return portal(client).call(run)
 
 
 def count(client: TestClient, model: Any, *where: Any) -> int:

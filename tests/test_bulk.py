@@ -470,12 +470,8 @@ def test_prepared_statements_are_planned_again_once_old(
     clock = SimpleNamespace(now=1000.0)
     monkeypatch.setattr(pgpipe, "time", SimpleNamespace(monotonic=lambda: clock.now))
 
-    # Values typed Any: mypy checks a `**` splat against `connect`'s `autocommit: bool` too, which
-    # the inferred `None` values would fail.
-    connect_args: dict[str, Any] = pgpipe.CONNECT_ARGS
-
     async def scenario() -> list[Any]:
-        conn = await psycopg.AsyncConnection.connect(dsn, **connect_args)
+        conn = await psycopg.AsyncConnection.connect(dsn, **pgpipe.CONNECT_ARGS)
         try:
             seen: list[Any] = []
             for round_ in range(3):

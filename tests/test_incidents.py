@@ -23,7 +23,16 @@ from app.core.clock import clock
 from app.incidents.models import Category, Incident, Severity, State
 from app.incidents.search import search_text
 from app.notifications.models import Event
-from tests.factories import ASSESS, PROPOSAL, RESPONSE, assert_problem, fire, open_incident, portal
+from tests.factories import (
+    ASSESS,
+    PROPOSAL,
+    RESPONSE,
+    assert_problem,
+    db_call,
+    fire,
+    open_incident,
+    portal,
+)
 
 API = "/api/v1"
 Headers = dict[str, str]
@@ -100,15 +109,6 @@ def proposed(client: TestClient, headers: Headers, severity: str = "high",
     inc = assessed(client, headers, severity, **fields)
     inc = fire(client, headers, inc["id"], "propose_task_force", **PROPOSAL).json()
     return inc, latest_proposal(client, headers, inc["id"])
-
-
-def db_call(client: TestClient, fn: Callable[[Any], Any]) -> Any:
-    """Run `fn(session)` in a read session of the app's own database, on the app's loop."""
-    async def run() -> Any:
-        async with client.app.state.db.read() as session:  # type: ignore[attr-defined]
-            return await fn(session)
-
-    return portal(client).call(run)
 
 
 def events(client: TestClient, incident_id: str, type_: str | None = None) -> list[Event]:

@@ -43,7 +43,7 @@ from psycopg.adapt import PyFormat, Transformer
 Params = tuple[Any, ...] | list[tuple[Any, ...]] | None
 Key = tuple[bytes, tuple[int, ...]]  # a statement and its parameters' types
 
-CONNECT_ARGS = {"prepare_threshold": None}
+CONNECT_ARGS: dict[str, Any] = {"prepare_threshold": None}  # splatted into connect()
 # Statements beyond this many per connection run unprepared (a bound for statements
 # written with varying text).
 MAX_PREPARED = 256
