@@ -232,9 +232,10 @@ def test_generic_invalid_fields_are_422_with_field_loc(
     assert info.value.detail.startswith(f"{'.'.join(map(str, loc))}: ")
 
 
-# Links the pattern lets through but the incident's own check (AnyHttpUrl) refuses, and
-# links both take: an alert must be refused for the first kind, never open an incident with
-# a link the incident then refuses (a 500).
+# Links the pattern lets through but the incident's own check (AnyHttpUrl) refuses (a port
+# out of range, a bad escape, an open bracket, "<" in the host), links the pattern refuses,
+# and links both take: an alert must be refused for the first kind, never open an incident
+# with a link the incident then refuses (a 500).
 @pytest.mark.parametrize(
     ("url", "accepted"),
     [
