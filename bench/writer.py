@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,7 @@ import uvloop
 from pydantic import TypeAdapter
 
 from bench.alerts import TOPICS, make_alert, pool_alerts
-from bench.common import cli, fresh_database, log
+from bench.common import BenchError, cli, fresh_database, log
 
 ARRAY = 1000
 GROUP = 16
@@ -138,7 +139,7 @@ def report(backend: str, batch: Figures, single: Figures) -> list[str]:
     ]
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", action="append", choices=("sqlite", "postgresql"), default=[])
     p.add_argument("--arrays", type=int, default=80, help="measured arrays of 1,000 alerts")
@@ -146,16 +147,25 @@ def main() -> None:
     p.add_argument("--groups", type=int, default=300,
                    help=f"measured groups of {GROUP} single-alert requests")
     args = p.parse_args()
+    if min(args.arrays, args.groups) < 1 or args.warmup < 0:
+        p.error("--arrays and --groups must be at least 1, --warmup at least 0")
     lines = []
     for backend in args.backend or ["sqlite", "postgresql"]:
         log(f"{backend}:")
-        with fresh_database(backend) as url:
-            cli(url, "migrate")
-            # The event loop the service runs on (uvicorn's and the ingest process's).
-            lines += report(backend, *uvloop.run(
-                measure(url, args.arrays, args.warmup, args.groups)))
+        try:
+            with fresh_database(backend) as url:
+                cli(url, "migrate")
+                # The event loop the service runs on (uvicorn's and the ingest process's).
+                lines += report(backend, *uvloop.run(
+                    measure(url, args.arrays, args.warmup, args.groups)))
+        except BenchError as exc:
+            if lines:
+                print("\n".join(lines))
+            print(f"{backend}: could not run: {exc}", file=sys.stderr)
+            return 1
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
