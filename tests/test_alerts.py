@@ -1325,6 +1325,52 @@ def test_requests_a_turn_of_the_loop_apart_share_one_transaction(settings: Setti
     assert groups == [6]
 
 
+def test_a_groups_answers_go_out_before_the_next_group_is_taken(settings: Settings) -> None:
+    """A connection sends what an answer wrote at the end of that turn of the loop (Cork);
+    the next group runs without a pause up to its first round trip (on SQLite all of it),
+    so the writer lets that turn pass before taking it: a request queued while a group was
+    being written must not hold that group's answers back. The first group is large enough
+    that its COMMIT leaves the loop's thread on SQLite too, so the second request is queued
+    while it is written."""
+    import asyncio
+
+    from app.alerts.parsers import parse_generic
+    from app.alerts.writer import IngestWriter
+    from app.bootstrap import build_env, open_database
+    from app.core.sqlite_driver import INLINE_COMMIT_ROWS
+
+    events: list[tuple[str, str]] = []
+
+    async def scenario() -> None:
+        db = open_database(settings)
+        writer = IngestWriter(db, build_env(settings), settings.group_by,
+                              settings.raw_alert_max_bytes,
+                              on_group=lambda group: events.append(("taken", group[0].actor)))
+        writer.start()
+        loop = asyncio.get_running_loop()
+
+        async def client(name: str, count: int) -> None:
+            alerts = parse_generic([alert(fingerprint=f"{name}-{i}", labels={"topic": name})
+                                    for i in range(count)])
+            await writer.submit(alerts, name, "k")
+            loop.call_soon(events.append, ("sent", name))  # as Cork sends, a turn later
+
+        try:
+            first = asyncio.create_task(client("first", INLINE_COMMIT_ROWS + 10))
+            while not events:  # the first group is being written
+                await asyncio.sleep(0)
+            assert events == [("taken", "first")]
+            second = asyncio.create_task(client("second", 1))
+            await asyncio.gather(first, second)
+        finally:
+            await writer.stop()
+            await db.dispose()
+
+    asyncio.run(scenario())
+    assert events == [("taken", "first"), ("sent", "first"), ("taken", "second"),
+                      ("sent", "second")]
+
+
 # -- the ingestion routes outside FastAPI's routing (app.alerts.fastpath) --------------------
 
 def test_ingestion_keeps_every_layer_around_it(client: TestClient,
