@@ -1342,10 +1342,15 @@ def test_a_groups_answers_go_out_before_the_next_group_is_taken(settings: Settin
     events: list[tuple[str, str]] = []
 
     async def scenario() -> None:
+        taken = asyncio.Event()
+
+        def on_group(group: list[Any]) -> None:
+            events.append(("taken", group[0].actor))
+            taken.set()
+
         db = open_database(settings)
         writer = IngestWriter(db, build_env(settings), settings.group_by,
-                              settings.raw_alert_max_bytes,
-                              on_group=lambda group: events.append(("taken", group[0].actor)))
+                              settings.raw_alert_max_bytes, on_group=on_group)
         writer.start()
         loop = asyncio.get_running_loop()
 
@@ -1357,8 +1362,7 @@ def test_a_groups_answers_go_out_before_the_next_group_is_taken(settings: Settin
 
         try:
             first = asyncio.create_task(client("first", INLINE_COMMIT_ROWS + 10))
-            while not events:  # the first group is being written
-                await asyncio.sleep(0)
+            await taken.wait()  # the first group is being written
             assert events == [("taken", "first")]
             second = asyncio.create_task(client("second", 1))
             await asyncio.gather(first, second)
