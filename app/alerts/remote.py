@@ -260,8 +260,14 @@ class IngestServer:
         self._clients.add(stream)
         try:
             while True:
-                message = await _read(reader)
-                task = asyncio.create_task(self._answer(message, stream))
+                request_id, rows, actor, key_id, webhook_id = await _read(reader)
+                alerts = _alerts_in(rows)
+                self._origin[id(alerts)] = stream
+                # Queued as the frame is read: frames that arrive together are read in one
+                # turn of the loop, and a task each would reach the queue a turn later, often
+                # after the writer had taken its next group without them.
+                done = self.writer.queue(alerts, actor, key_id, webhook_id)
+                task = asyncio.create_task(self._answer(request_id, alerts, done, stream))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -270,13 +276,11 @@ class IngestServer:
             self._clients.discard(stream)
             stream.close()
 
-    async def _answer(self, message: Any, stream: Cork) -> None:
-        request_id, rows, actor, key_id, webhook_id = message
-        alerts = _alerts_in(rows)
+    async def _answer(self, request_id: int, alerts: list[ParsedAlert],
+                      done: asyncio.Future[tuple[list[Outcome], bool]], stream: Cork) -> None:
         reply: tuple[str, Any]
-        self._origin[id(alerts)] = stream
         try:
-            results, replayed = await self.writer.submit(alerts, actor, key_id, webhook_id)
+            results, replayed = await done
             reply = ("ok", ([list(r) for r in results], replayed))
         except DuplicateWebhook:
             reply = ("duplicate", None)

@@ -83,14 +83,28 @@ class IngestWriter:
     async def submit(self, alerts: list[ParsedAlert], actor: str, key_id: str,
                      webhook_id: str | None = None) -> tuple[list[Outcome], bool]:
         """Store the alerts; returns their results and whether this was a replayed webhook."""
+        if self._task is None:  # no writer running (CLI, some tests): one transaction alone
+            request = self._request(alerts, actor, key_id, webhook_id)
+            return await self._write([request], single=True)
+        return await self.queue(alerts, actor, key_id, webhook_id)
+
+    def queue(self, alerts: list[ParsedAlert], actor: str, key_id: str,
+              webhook_id: str | None = None) -> asyncio.Future[tuple[list[Outcome], bool]]:
+        """`submit` up to the wait, for a running writer: the request is queued when this
+        returns, so a caller that reads many requests in one turn of the loop (the ingest
+        process) queues them in that turn, not a turn later in tasks of their own."""
+        if self._task is None:
+            raise RuntimeError("the writer is not running")
+        request = self._request(alerts, actor, key_id, webhook_id)
+        self._queue.put_nowait(request)
+        return request.done
+
+    def _request(self, alerts: list[ParsedAlert], actor: str, key_id: str,
+                 webhook_id: str | None) -> _Request:
         # Here, in the request's own task, rather than in the group's transaction.
         service.prepare(alerts, self.group_by, self.raw_max_bytes)
-        request = _Request(alerts, actor, key_id, webhook_id,
-                           [service.draft(a, key_id) for a in alerts])
-        if self._task is None:  # no writer running (CLI, some tests): one transaction alone
-            return await self._write([request], single=True)
-        await self._queue.put(request)
-        return await request.done
+        return _Request(alerts, actor, key_id, webhook_id,
+                        [service.draft(a, key_id) for a in alerts])
 
     async def _run(self) -> None:
         while True:
