@@ -262,11 +262,11 @@ class IngestServer:
             while True:
                 request_id, rows, actor, key_id, webhook_id = await _read(reader)
                 alerts = _alerts_in(rows)
-                self._origin[id(alerts)] = stream
                 # Queued as the frame is read: frames that arrive together are read in one
                 # turn of the loop, and a task each would reach the queue a turn later, often
                 # after the writer had taken its next group without them.
                 done = self.writer.queue(alerts, actor, key_id, webhook_id)
+                self._origin[id(alerts)] = stream  # before the writer's next turn takes it
                 task = asyncio.create_task(self._answer(request_id, alerts, done, stream))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
