@@ -101,7 +101,8 @@ class IngestWriter:
 
     def _request(self, alerts: list[ParsedAlert], actor: str, key_id: str,
                  webhook_id: str | None) -> _Request:
-        # Here, in the request's own task, rather than in the group's transaction.
+        # Here, where the request is read (its own task, or the ingest process's reading
+        # loop), rather than in the group's transaction.
         service.prepare(alerts, self.group_by, self.raw_max_bytes)
         return _Request(alerts, actor, key_id, webhook_id,
                         [service.draft(a, key_id) for a in alerts])
