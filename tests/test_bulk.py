@@ -159,6 +159,50 @@ def test_many_rows_store_what_the_orm_stores_and_fail_as_one(
     assert got[0]["labels"] == {AWKWARD: AWKWARD, "k": "v"}
 
 
+def test_many_incidents_store_what_the_orm_stores(client: TestClient, backend: str,
+                                                 admin: dict[str, str]) -> None:
+    """Incidents by COPY (a storm of new topics opens hundreds at once): enums, counters,
+    flags, JSON lists, NULLs and zone-aware times are stored as the ORM stores them, and
+    read back through the API."""
+    from app.core.bulk import COPY_MIN_ROWS
+
+    db = client.app.state.db  # type: ignore[attr-defined]
+
+    def incident(id_: str, n: int) -> dict[str, Any]:
+        return {**_incident(id_), "reference": f"INC-2026-{id_}", "title": AWKWARD,
+                "description": None if n % 2 else AWKWARD, "overdue": bool(n % 2),
+                "alert_count": n, "links": [AWKWARD, "https://baomoi.example.vn/a"],
+                "affected_agencies": [] if n % 3 else ["MOF", "MOH"]}
+
+    async def write() -> None:
+        async with db.transaction() as session:
+            session.add(Incident.model_validate(incident("orm-0", 0)))
+            session.add(Incident.model_validate(incident("orm-1", 1)))
+            await session.flush()
+            await insert_rows(session, table_of(Incident), [
+                row_of(unvalidated(Incident, incident(f"many-{n:04d}", n)))
+                for n in range(COPY_MIN_ROWS)])
+
+    async def read() -> list[dict[str, Any]]:
+        async with db.transaction() as session:
+            conn = await session.connection()
+            ids = ("orm-0", "many-0000", "orm-1", "many-0001")
+            rows: list[dict[str, Any]] = await conn.run_sync(
+                lambda c: [_stored(c, "incident", id_) for id_ in ids])
+            return rows
+
+    portal(client).call(write)
+    stored = portal(client).call(read)
+    for orm_row, bulk_row in (stored[:2], stored[2:]):
+        differing = {k for k in orm_row if orm_row[k] != bulk_row[k]}
+        assert differing == {"id", "reference"}, \
+            {k: (orm_row[k], bulk_row[k]) for k in differing}
+    got = client.get("/api/v1/incidents/many-0003", headers=admin).json()
+    assert got["title"] == AWKWARD and got["links"][0] == AWKWARD
+    assert got["affected_agencies"] == ["MOF", "MOH"] and got["alert_count"] == 3
+    assert datetime.fromisoformat(got["created_at"]) == NOW
+
+
 def test_events_are_numbered_in_list_order_and_conflicts_raise_as_usual(
         client: TestClient, backend: str) -> None:
     """Events go in with INSERT ... RETURNING (multi-row VALUES, several statements for a
