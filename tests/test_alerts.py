@@ -1288,6 +1288,53 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
                                       for i in range(COPY_MIN_ROWS))]
 
 
+def test_a_key_another_writer_made_meanwhile_is_not_written_over(settings: Settings) -> None:
+    """Two writers (the ingest processes of two `serve` instances) on one database. On
+    PostgreSQL a writer decides a group from what it remembers of the alert keys, in one
+    round trip, taking a fingerprint it never saw to lead nowhere when its topic leads to an
+    incident; the other writer has meanwhile stored that fingerprint, so the group must be
+    decided again from what is stored: deduplicated, with the incident's count right."""
+    import asyncio
+
+    from app.alerts.parsers import parse_generic
+    from app.alerts.writer import IngestWriter
+    from app.bootstrap import build_env, open_database
+
+    def one_alert(fingerprint: str) -> list[Any]:
+        return parse_generic(alert(fingerprint=fingerprint, labels={"topic": "bhxh"}))
+
+    async def scenario() -> list[Any]:
+        db = open_database(settings)
+        a, b = (IngestWriter(db, build_env(settings), settings.group_by,
+                             settings.raw_alert_max_bytes) for _ in range(2))
+        a.start()
+        b.start()
+        try:
+            first, _ = await a.submit(one_alert("fp-1"), "m", "k1")  # opens the incident
+            again, _ = await a.submit(one_alert("fp-1"), "m", "k1")  # from memory
+            other, _ = await b.submit(one_alert("fp-2"), "m", "k1")  # a new fingerprint
+            late, _ = await a.submit(one_alert("fp-2"), "m", "k1")  # never seen by a
+            return [first[0], again[0], other[0], late[0]]
+        finally:
+            await a.stop()
+            await b.stop()
+            await db.dispose()
+
+    first, again, other, late = asyncio.run(scenario())
+    assert {again.incident_id, other.incident_id, late.incident_id} == {first.incident_id}
+    assert [r.deduplicated for r in (first, again, other, late)] == [False, True, False, True]
+    from app.core.db import make_sync_engine
+
+    engine = make_sync_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            count = conn.execute(sa.select(col(Incident.alert_count)).where(
+                col(Incident.id) == first.incident_id)).scalar_one()
+    finally:
+        engine.dispose()
+    assert count == 4
+
+
 def test_requests_a_turn_of_the_loop_apart_share_one_transaction(settings: Settings) -> None:
     """The writer waits one turn of the event loop before taking its group: requests whose
     bytes arrived together reach the queue a turn apart (each awaits its body first), and a

@@ -48,6 +48,13 @@ IGNORED_CAP_TYPES = {"Ack", "Error"}
 INGEST_LOCK_ID = 0x0C415E
 # incident.group_key holds 200 characters; longer keys are stored as a digest.
 MAX_GROUP_KEY = 200
+# `ingest_keys_unchanged` (migration 0011) fails a transaction with this when a key the
+# writer remembers no longer leads where it remembers.
+STALE_KEYS = "CF001"
+# Groups up to this many alerts use and feed `KeyMemory`: the round trip it saves matters to
+# small groups (a storm of single alerts), and a large one (arrays) nearly always raises an
+# incident's severity somewhere, which the memory cannot decide.
+REMEMBERED_GROUP_MAX = 256
 
 
 @dataclass
@@ -139,6 +146,131 @@ class _Batch:
     # Numbers for the incidents the batch may open, taken with the key lookup (a round trip
     # less than asking once the openings are known); what is left is given back.
     references: incidents.Reservation | None = None
+    # Taken from `KeyMemory` instead of the lookup: each key used, with what it led to.
+    remembered: dict[tuple[str, str], _Leads] = field(default_factory=dict)
+
+
+# Where a key leads: an open incident, its state and severity; or nowhere (None).
+_Leads = tuple[str, str, str] | None
+
+
+class KeyMemory:
+    """What alert keys led to when this writer last looked them up or wrote them (PostgreSQL).
+
+    A group of alerts costs two round trips: the key lookup, then the writes with the COMMIT.
+    A group whose every alert attaches to a remembered open incident without raising its
+    severity is decided from memory and written in one: `ingest_keys_unchanged` runs first
+    in it, after the ingest lock, and fails the transaction before anything is written if a
+    key leads elsewhere now (an incident closed or assessed meanwhile, a key another writer
+    made), and the writer forgets everything and writes the group the long way. So the
+    memory changes how many round trips a group costs, never what it stores."""
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.limit = limit
+        self.leads: dict[tuple[str, str], str | None] = {}  # a key's open incident, or none
+        # Each remembered incident's state and severity, shared by all its keys: one key's
+        # group raising it must not leave its other keys remembering the old severity.
+        self.incidents: dict[str, tuple[str, str]] = {}
+
+    def forget(self, alerts: list[ParsedAlert] | None = None) -> None:
+        """Everything, or (a group found stale) what these alerts' keys led to."""
+        if alerts is None:
+            self.leads.clear()
+            self.incidents.clear()
+            return
+        for alert in alerts:
+            for name in (("fp", alert.fingerprint), ("group", alert.group_key)):
+                incident_id = self.leads.pop(name, None)  # type: ignore[arg-type]
+                if incident_id is not None:
+                    self.incidents.pop(incident_id, None)
+
+    def batch(self, ctx: IngestContext, alerts: list[ParsedAlert]) -> _Batch | None:
+        """The batch `_load` would read, from memory; None unless every alert attaches to a
+        remembered open incident without raising it. A fingerprint never seen is taken to
+        lead nowhere when its grouping labels lead to an incident (a new post on a known
+        topic: most of a storm), which the check confirms."""
+        if len(alerts) > REMEMBERED_GROUP_MAX:
+            return None
+        batch = _Batch(known_agencies=ctx.known_agencies or set())
+        used = batch.remembered
+        for alert in alerts:
+            if alert.status == "resolved" or alert.msg_type != "Alert" or (
+                    alert.format == "cap" and alert.labels.get("cap_status") != "Actual"):
+                return None
+            fp = ("fp", alert.fingerprint)
+            group = ("group", alert.group_key) if alert.group_key is not None else None
+            if group is not None and not self._use(group, used):
+                return None
+            if not self._use(fp, used):
+                if group is None or used[group] is None:
+                    return None
+                used[fp] = None
+            # As `_one` decides: the fingerprint's incident, else the grouping labels'.
+            found = used[fp] or (used[group] if group is not None else None)
+            if found is None or _raises(found[1], found[2], alert):
+                return None  # it would open an incident, or raise one
+        for name, leads in used.items():
+            if leads is not None:
+                batch.keys[name] = leads[0]
+                batch.targets.setdefault(leads[0], _Target(*leads))
+        return batch
+
+    def _use(self, name: tuple[str, str], used: dict[tuple[str, str], _Leads]) -> bool:
+        """Put what `name` leads to in `used`; False if it is not remembered."""
+        if name in used:
+            return True
+        if name not in self.leads:
+            return False
+        incident_id = self.leads[name]
+        if incident_id is None:
+            used[name] = None
+        elif incident_id in self.incidents:
+            used[name] = (incident_id, *self.incidents[incident_id])
+        else:
+            return False
+        return True
+
+    def learn(self, alerts: list[ParsedAlert], batch: _Batch) -> None:
+        """What the group's keys lead to once it is written (before its COMMIT: a group that
+        fails makes the writer forget)."""
+        if len(alerts) > REMEMBERED_GROUP_MAX:
+            return
+        if len(self.leads) > self.limit:
+            self.forget()
+        for alert in alerts:
+            self._learn(("fp", alert.fingerprint), batch)
+            if alert.group_key is not None:
+                self._learn(("group", alert.group_key), batch)
+
+    def _learn(self, name: tuple[str, str], batch: _Batch) -> None:
+        incident_id = batch.keys.get(name)
+        target = batch.targets.get(incident_id) if incident_id is not None else None
+        if target is None:
+            self.leads[name] = None
+        else:
+            self.leads[name] = target.id
+            self.incidents[target.id] = (target.state, target.severity)
+
+
+def stale_keys(exc: BaseException) -> bool:
+    """Whether a group failed because the writer's `KeyMemory` was stale."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == STALE_KEYS
+
+
+async def _check_remembered(session: AsyncSession, batch: _Batch) -> None:
+    """The ingest lock and `ingest_keys_unchanged` for a batch decided from memory, held to
+    go first in the group's one pipeline."""
+    db = await driver(session)
+    columns: list[list[str]] = [[], [], [], [], []]
+    for (kind, key), found in sorted(batch.remembered.items()):
+        for column, value in zip(columns, (kind, key, *(found or ("", "", ""))), strict=True):
+            column.append(value)
+    await db.execute("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,), wait=False)
+    await db.execute(_KEYS_UNCHANGED, tuple(array_literal(c) for c in columns), wait=False)
+
+
+_KEYS_UNCHANGED = ("SELECT ingest_keys_unchanged(?::text[], ?::text[], ?::text[], ?::text[], "
+                   "?::text[])")
 
 
 def _open_keys_sql(match: str) -> str:
@@ -232,11 +364,17 @@ def _point(batch: _Batch, kind: str, key: str | None, incident_id: str) -> None:
 
 
 async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAlert],
-                 actors: list[str], drafts: list[Row]) -> list[Outcome]:
+                 actors: list[str], drafts: list[Row], memory: KeyMemory | None = None
+                 ) -> list[Outcome]:
     """Store `alerts` (each through `prepare`) in order: `actors` gives each alert's actor (one
     transaction carries the requests of several monitors: the group commit), `drafts` each
-    alert's row (`draft`)."""
-    batch = await _load(session, ctx, alerts)
+    alert's row (`draft`). With `memory` (PostgreSQL), keys are taken from it when it can
+    decide the whole batch, and what they lead to afterwards is remembered."""
+    batch = memory.batch(ctx, alerts) if memory is not None else None
+    if batch is not None:
+        await _check_remembered(session, batch)
+    else:
+        batch = await _load(session, ctx, alerts)
     batch.resolving = sorted({n for a in alerts if a.status == "resolved" for n in _names(a)})
     results: list[Outcome] = []
     rows: list[Row] = []
@@ -257,6 +395,8 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
     # Last: on PostgreSQL a large group's alerts go by COPY, after everything else.
     if rows:
         await insert_rows(session, table_of(Alert), rows)
+    if memory is not None:
+        memory.learn(alerts, batch)
     return results
 
 

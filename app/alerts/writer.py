@@ -66,6 +66,8 @@ class IngestWriter:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._agency_codes: set[str] | None = None
+        # On PostgreSQL, where the key lookup is a round trip of its own.
+        self._memory = None if db.is_sqlite else service.KeyMemory()
         self._agencies_at = 0.0
 
     def start(self) -> None:
@@ -141,7 +143,16 @@ class IngestWriter:
         the group runs again in a new transaction with each request in its own savepoint, so
         one bad request fails alone (savepoints cost two statements, so only then)."""
         try:
-            outcomes = await self._attempt(group, alone=False)
+            try:
+                outcomes = await self._attempt(group, alone=False)
+            except Exception as exc:
+                stale = service.stale_keys(exc)
+                if self._memory is not None:
+                    # All of it if the failed group may have taught it what was then undone.
+                    self._memory.forget([a for r in group for a in r.alerts] if stale else None)
+                if not stale:
+                    raise
+                outcomes = await self._attempt(group, alone=False)  # now the long way
         except Exception as exc:
             if single or len(group) == 1 or is_database_unavailable(exc):
                 raise
@@ -169,7 +180,8 @@ class IngestWriter:
                 else:
                     fresh.append(request)
             if fresh and not alone:
-                outcomes.update(await self._ingest(session, fresh, last=True))
+                outcomes.update(await self._ingest(session, fresh, last=True,
+                                                   memory=self._memory))
             for request in fresh if alone else []:
                 try:
                     async with session.begin_nested():
@@ -201,8 +213,8 @@ class IngestWriter:
             self._agencies_at = time.monotonic()
         return self._agency_codes
 
-    async def _ingest(self, session: Any, requests: list[_Request], *, last: bool = False
-                      ) -> dict[int, Any]:
+    async def _ingest(self, session: Any, requests: list[_Request], *, last: bool = False,
+                      memory: service.KeyMemory | None = None) -> dict[int, Any]:
         """`last`: nothing follows in the transaction, so without webhook receipts to store
         its COMMIT goes with the group's held statements."""
         now = utcnow()
@@ -218,7 +230,7 @@ class IngestWriter:
         commit = last and all(r.webhook_id is None for r in requests)
         # Errors surface here, inside a request's savepoint.
         async with pipelined(session, commit=commit):
-            results = await service.ingest(session, ctx, alerts, actors, drafts)
+            results = await service.ingest(session, ctx, alerts, actors, drafts, memory)
         out: dict[int, Any] = {}
         start = 0
         receipts = []
