@@ -179,8 +179,11 @@ class KeyMemory:
             self.incidents.clear()
             return
         for alert in alerts:
-            for name in (("fp", alert.fingerprint), ("group", alert.group_key)):
-                incident_id = self.leads.pop(name, None)  # type: ignore[arg-type]
+            names = [("fp", alert.fingerprint)]
+            if alert.group_key is not None:
+                names.append(("group", alert.group_key))
+            for name in names:
+                incident_id = self.leads.pop(name, None)
                 if incident_id is not None:
                     self.incidents.pop(incident_id, None)
 

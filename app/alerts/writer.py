@@ -139,9 +139,11 @@ class IngestWriter:
     async def _write(self, group: list[_Request], *, single: bool = False
                      ) -> tuple[list[Outcome], bool]:
         """One transaction for the group: all fresh requests are ingested together (one key
-        lookup, one insert). If that fails for a reason other than the database being gone,
-        the group runs again in a new transaction with each request in its own savepoint, so
-        one bad request fails alone (savepoints cost two statements, so only then)."""
+        lookup, or none when `KeyMemory` decides the group, and one insert). A group the
+        memory decided wrongly (`stale_keys`) runs again with the lookup. If it fails for a
+        reason other than the database being gone, the group runs again in a new transaction
+        with each request in its own savepoint, so one bad request fails alone (savepoints
+        cost two statements, so only then)."""
         try:
             try:
                 outcomes = await self._attempt(group, alone=False)
