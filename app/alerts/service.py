@@ -46,6 +46,7 @@ IGNORED_CAP_TYPES = {"Ack", "Error"}
 # Serialises alert ingestion across API processes on PostgreSQL, so two processes never
 # both open an incident for one new fingerprint. (SQLite has one writer anyway.)
 INGEST_LOCK_ID = 0x0C415E
+_INGEST_LOCK = ("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,))
 # incident.group_key holds 200 characters; longer keys are stored as a digest.
 MAX_GROUP_KEY = 200
 # `ingest_keys_unchanged` (migration 0011) fails a transaction with this when a key the
@@ -162,7 +163,7 @@ class KeyMemory:
     severity is decided from memory and written in one: `ingest_keys_unchanged` runs first
     in it, after the ingest lock, and fails the transaction before anything is written if a
     key leads elsewhere now (an incident closed or assessed meanwhile, a key another writer
-    made), and the writer forgets everything and writes the group the long way. So the
+    made), and the writer forgets that group's keys and writes it the long way. So the
     memory changes how many round trips a group costs, never what it stores."""
 
     def __init__(self, limit: int = 50_000) -> None:
@@ -179,10 +180,7 @@ class KeyMemory:
             self.incidents.clear()
             return
         for alert in alerts:
-            names = [("fp", alert.fingerprint)]
-            if alert.group_key is not None:
-                names.append(("group", alert.group_key))
-            for name in names:
+            for name in _key_names(alert):
                 incident_id = self.leads.pop(name, None)
                 if incident_id is not None:
                     self.incidents.pop(incident_id, None)
@@ -197,8 +195,7 @@ class KeyMemory:
         batch = _Batch(known_agencies=ctx.known_agencies or set())
         used = batch.remembered
         for alert in alerts:
-            if alert.status == "resolved" or alert.msg_type != "Alert" or (
-                    alert.format == "cap" and alert.labels.get("cap_status") != "Actual"):
+            if alert.status == "resolved" or alert.msg_type != "Alert" or _ignored(alert):
                 return None
             fp = ("fp", alert.fingerprint)
             group = ("group", alert.group_key) if alert.group_key is not None else None
@@ -241,9 +238,8 @@ class KeyMemory:
         if len(self.leads) > self.limit:
             self.forget()
         for alert in alerts:
-            self._learn(("fp", alert.fingerprint), batch)
-            if alert.group_key is not None:
-                self._learn(("group", alert.group_key), batch)
+            for name in _key_names(alert):
+                self._learn(name, batch)
 
     def _learn(self, name: tuple[str, str], batch: _Batch) -> None:
         incident_id = batch.keys.get(name)
@@ -253,6 +249,15 @@ class KeyMemory:
         else:
             self.leads[name] = target.id
             self.incidents[target.id] = (target.state, target.severity)
+
+
+def _key_names(alert: ParsedAlert) -> list[tuple[str, str]]:
+    """The `alert_key` rows (kind, key) an alert is decided by: its fingerprint's, and its
+    grouping labels' if it has them."""
+    names = [("fp", alert.fingerprint)]
+    if alert.group_key is not None:
+        names.append(("group", alert.group_key))
+    return names
 
 
 def stale_keys(exc: BaseException) -> bool:
@@ -268,7 +273,7 @@ async def _check_remembered(session: AsyncSession, batch: _Batch) -> None:
     for (kind, key), found in sorted(batch.remembered.items()):
         for column, value in zip(columns, (kind, key, *(found or ("", "", ""))), strict=True):
             column.append(value)
-    await db.execute("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,), wait=False)
+    await db.execute(*_INGEST_LOCK, wait=False)
     await db.execute(_KEYS_UNCHANGED, tuple(array_literal(c) for c in columns), wait=False)
 
 
@@ -300,7 +305,7 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     statements: list[tuple[str, Any]] = [
         (_OPEN_KEYS[db.conn.dialect.name], (db.listed(fps), db.listed(keys)))]
     if not db.sqlite:
-        statements.insert(0, ("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,)))
+        statements.insert(0, _INGEST_LOCK)
     # Each firing alert may open an incident; after the lookup, so that the counter's row is
     # locked only once this writer holds the ingest lock.
     may_open = sum(a.status != "resolved" for a in alerts)
@@ -406,8 +411,7 @@ async def ingest(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedA
 async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: ParsedAlert,
                row: Row, rows: list[Row]) -> Outcome:
     group = alert.group_key
-    cap_status = alert.labels.get("cap_status", "Actual") if alert.format == "cap" else "Actual"
-    if cap_status != "Actual" or alert.msg_type in IGNORED_CAP_TYPES:
+    if _ignored(alert):
         row["status"] = "ignored"
         rows.append(row)
         return Outcome(alert_id=row["id"], incident_id=None, deduplicated=False,
@@ -431,6 +435,12 @@ async def _one(session: AsyncSession, ctx: IngestContext, batch: _Batch, alert: 
     rows.append(row)
     return Outcome(alert_id=row["id"], incident_id=incident_id, deduplicated=deduplicated,
                    status="firing")
+
+
+def _ignored(alert: ParsedAlert) -> bool:
+    """A CAP message kept for audit only: an exercise or test, an acknowledgement, an error."""
+    cap_status = alert.labels.get("cap_status", "Actual") if alert.format == "cap" else "Actual"
+    return cap_status != "Actual" or alert.msg_type in IGNORED_CAP_TYPES
 
 
 def _by_fingerprint(batch: _Batch, names: list[str]) -> str | None:
