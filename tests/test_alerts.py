@@ -1335,6 +1335,59 @@ def test_a_key_another_writer_made_meanwhile_is_not_written_over(settings: Setti
     assert count == 4
 
 
+def test_a_raise_remembered_at_an_old_severity_is_decided_on_what_is_stored(
+        settings: Settings) -> None:
+    """On PostgreSQL a writer reads and locks the incidents a group raises together with its
+    check of what it remembers. Here the other writer has meanwhile raised the incident
+    above the group's severity: the group must be decided again from what is stored, so it
+    raises nothing, and the timeline holds the other writer's raise only."""
+    import asyncio
+
+    from app.alerts.parsers import parse_generic
+    from app.alerts.writer import IngestWriter
+    from app.bootstrap import build_env, open_database
+    from app.incidents.models import TimelineEntry
+
+    def one_alert(fingerprint: str, severity: str) -> list[Any]:
+        return parse_generic(alert(fingerprint=fingerprint, labels={"topic": "bhxh"},
+                                   severity=severity))
+
+    async def scenario() -> list[Any]:
+        db = open_database(settings)
+        a, b = (IngestWriter(db, build_env(settings), settings.group_by,
+                             settings.raw_alert_max_bytes) for _ in range(2))
+        a.start()
+        b.start()
+        try:
+            first, _ = await a.submit(one_alert("fp-1", "low"), "m", "k1")  # a remembers low
+            other, _ = await b.submit(one_alert("fp-2", "critical"), "m", "k1")
+            late, _ = await a.submit(one_alert("fp-1", "high"), "m", "k1")
+            return [first[0], other[0], late[0]]
+        finally:
+            await a.stop()
+            await b.stop()
+            await db.dispose()
+
+    first, other, late = asyncio.run(scenario())
+    assert {other.incident_id, late.incident_id} == {first.incident_id}
+    assert late.deduplicated is True and late.status == "firing"
+    from app.core.db import make_sync_engine
+
+    engine = make_sync_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            severity, count = conn.execute(sa.select(col(Incident.severity),
+                                                     col(Incident.alert_count)).where(
+                col(Incident.id) == first.incident_id)).one()
+            raises = conn.execute(sa.select(col(TimelineEntry.data)).where(
+                col(TimelineEntry.incident_id) == first.incident_id,
+                col(TimelineEntry.kind) == "severity_raised")).scalars().all()
+    finally:
+        engine.dispose()
+    assert (str(getattr(severity, "value", severity)), count) == ("critical", 3)
+    assert [(r["from"], r["to"]) for r in raises] == [("low", "critical")]
+
+
 def test_requests_a_turn_of_the_loop_apart_share_one_transaction(settings: Settings) -> None:
     """The writer waits one turn of the event loop before taking its group: requests whose
     bytes arrived together reach the queue a turn apart (each awaits its body first), and a

@@ -147,8 +147,10 @@ class _Batch:
     # Numbers for the incidents the batch may open, taken with the key lookup (a round trip
     # less than asking once the openings are known); what is left is given back.
     references: incidents.Reservation | None = None
-    # Taken from `KeyMemory` instead of the lookup: each key used, with what it led to.
+    # Taken from `KeyMemory` instead of the lookup: each key used, with what it led to, and
+    # the remembered incidents the batch raises (read and locked with the memory's check).
     remembered: dict[tuple[str, str], _Leads] = field(default_factory=dict)
+    raising: set[str] = field(default_factory=set)
 
 
 # Where a key leads: an open incident, its state and severity; or nowhere (None).
@@ -158,13 +160,15 @@ _Leads = tuple[str, str, str] | None
 class KeyMemory:
     """What alert keys led to when this writer last looked them up or wrote them (PostgreSQL).
 
-    A group of alerts costs two round trips: the key lookup, then the writes with the COMMIT.
-    A group whose every alert attaches to a remembered open incident without raising its
-    severity is decided from memory and written in one: `ingest_keys_unchanged` runs first
-    in it, after the ingest lock, and fails the transaction before anything is written if a
-    key leads elsewhere now (an incident closed or assessed meanwhile, a key another writer
-    made), and the writer forgets that group's keys and writes it the long way. So the
-    memory changes how many round trips a group costs, never what it stores."""
+    A group of alerts costs two round trips: the key lookup, then the writes with the COMMIT;
+    three when it raises a stored incident's severity (its locked row and open clocks are
+    read in between). A group whose every alert attaches to a remembered open incident is
+    decided from memory: written in one round trip, or two when it raises, the incidents it
+    raises read with the check. `ingest_keys_unchanged` runs first, after the ingest lock,
+    and fails the transaction before anything is read or written if a key leads elsewhere
+    now (an incident closed, assessed or raised meanwhile, a key another writer made); the
+    writer then forgets that group's keys and writes it the long way. So the memory changes
+    how many round trips a group costs, never what it stores."""
 
     def __init__(self, limit: int = 50_000) -> None:
         self.limit = limit
@@ -187,9 +191,9 @@ class KeyMemory:
 
     def batch(self, ctx: IngestContext, alerts: list[ParsedAlert]) -> _Batch | None:
         """The batch `_load` would read, from memory; None unless every alert attaches to a
-        remembered open incident without raising it. A fingerprint never seen is taken to
-        lead nowhere when its grouping labels lead to an incident (a new post on a known
-        topic: most of a storm), which the check confirms."""
+        remembered open incident. A fingerprint never seen is taken to lead nowhere when its
+        grouping labels lead to an incident (a new post on a known topic: most of a storm),
+        which the check confirms."""
         if len(alerts) > REMEMBERED_GROUP_MAX:
             return None
         batch = _Batch(known_agencies=ctx.known_agencies or set())
@@ -207,8 +211,10 @@ class KeyMemory:
                 used[fp] = None
             # As `_one` decides: the fingerprint's incident, else the grouping labels'.
             found = used[fp] or (used[group] if group is not None else None)
-            if found is None or _raises(found[1], found[2], alert):
-                return None  # it would open an incident, or raise one
+            if found is None:
+                return None  # it would open an incident
+            if _raises(found[1], found[2], alert):
+                batch.raising.add(found[0])
         for name, leads in used.items():
             if leads is not None:
                 batch.keys[name] = leads[0]
@@ -266,15 +272,20 @@ def stale_keys(exc: BaseException) -> bool:
 
 
 async def _check_remembered(session: AsyncSession, batch: _Batch) -> None:
-    """The ingest lock and `ingest_keys_unchanged` for a batch decided from memory, held to
-    go first in the group's one pipeline."""
+    """The ingest lock and `ingest_keys_unchanged` for a batch decided from memory: held to
+    go first in the group's one pipeline, or, when the batch raises incidents, sent at once
+    with the reading of those incidents (the lock and the check before their row locks)."""
     db = await driver(session)
     columns: list[list[str]] = [[], [], [], [], []]
     for (kind, key), found in sorted(batch.remembered.items()):
         for column, value in zip(columns, (kind, key, *(found or ("", "", ""))), strict=True):
             column.append(value)
-    await db.execute(*_INGEST_LOCK, wait=False)
-    await db.execute(_KEYS_UNCHANGED, tuple(array_literal(c) for c in columns), wait=False)
+    check = [_INGEST_LOCK, (_KEYS_UNCHANGED, tuple(array_literal(c) for c in columns))]
+    if batch.raising:
+        await _lock(session, batch, list(batch.raising), first=check)
+        return
+    for sql, params in check:
+        await db.execute(sql, params, wait=False)
 
 
 _KEYS_UNCHANGED = ("SELECT ingest_keys_unchanged(?::text[], ?::text[], ?::text[], ?::text[], "
@@ -326,9 +337,11 @@ async def _load(session: AsyncSession, ctx: IngestContext, alerts: list[ParsedAl
     return batch
 
 
-async def _lock(session: AsyncSession, batch: _Batch, ids: list[str]) -> None:
+async def _lock(session: AsyncSession, batch: _Batch, ids: list[str],
+                first: list[tuple[str, Any]] | None = None) -> None:
     """Read stored incidents with their row locks (in id order) and their open clocks, for
-    changes beyond their alert counters; each is read once per batch."""
+    changes beyond their alert counters; each is read once per batch. `first`: statements
+    to run before, in the same round trip."""
     missing = sorted(set(ids) - batch.locked.keys())
     if not missing:
         return
@@ -338,7 +351,8 @@ async def _lock(session: AsyncSession, batch: _Batch, ids: list[str]) -> None:
     # In one round trip: the clocks' query runs after the rows are locked.
     locked, clocks = await select_rows(session, [
         (table_of(Incident), f"id {in_list}", listed, f" ORDER BY id{locking}"),
-        (table_of(Deadline), f"incident_id {in_list} AND met_at IS NULL", listed, "")])
+        (table_of(Deadline), f"incident_id {in_list} AND met_at IS NULL", listed, "")],
+        first=first)
     for row in locked:
         batch.locked[row["id"]] = _read(batch, Incident, row)
         batch.clocks[row["id"]] = []

@@ -222,16 +222,20 @@ IN_LIST = {"sqlite": "IN (SELECT value FROM json_each(?))", "postgresql": "= ANY
 
 
 async def select_rows(session: AsyncSession,
-                      queries: list[tuple[sa.Table, str, tuple[Any, ...], str]]
-                      ) -> list[list[Row]]:
+                      queries: list[tuple[sa.Table, str, tuple[Any, ...], str]],
+                      first: list[tuple[str, Any]] | None = None) -> list[list[Row]]:
     """For each query (table, where, params, tail), whole rows of the table as the ORM reads
     them (each column's own result processing), through the driver, all in one round trip:
-    `where` and `tail` (ORDER BY, FOR UPDATE...) are written with `?` marks and `IN_LIST`."""
+    `where` and `tail` (ORDER BY, FOR UPDATE...) are written with `?` marks and `IN_LIST`.
+    `first`: statements run before the queries in that round trip, their results dropped."""
     db = await driver(session)
+    first = first or []
     plans = [_select_plan(table, db.conn.dialect) for table, _, _, _ in queries]
-    found = await db.execute_all([(f"{sql}{where}{tail}", params) for (sql, _), (_, where,
-                                  params, tail) in zip(plans, queries, strict=True)])
-    return [list(map(convert, rows)) for (_, convert), rows in zip(plans, found, strict=True)]
+    found = await db.execute_all(first + [
+        (f"{sql}{where}{tail}", params)
+        for (sql, _), (_, where, params, tail) in zip(plans, queries, strict=True)])
+    return [list(map(convert, rows))
+            for (_, convert), rows in zip(plans, found[len(first):], strict=True)]
 
 
 _select_plans: dict[tuple[str, str], tuple[str, Callable[[Any], Row]]] = {}
