@@ -1288,39 +1288,47 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
                                       for i in range(COPY_MIN_ROWS))]
 
 
+def _through_two_writers(settings: Settings, steps: list[tuple[int, list[Any]]]) -> list[Any]:
+    """Submit each step's alerts through writer 0 or 1 (the ingest processes of two `serve`
+    instances on one database), in order; each step's first result."""
+    import asyncio
+
+    from app.alerts.writer import IngestWriter
+    from app.bootstrap import build_env, open_database
+
+    async def scenario() -> list[Any]:
+        db = open_database(settings)
+        writers = [IngestWriter(db, build_env(settings), settings.group_by,
+                                settings.raw_alert_max_bytes) for _ in range(2)]
+        for writer in writers:
+            writer.start()
+        try:
+            return [(await writers[i].submit(alerts, "m", "k1"))[0][0] for i, alerts in steps]
+        finally:
+            for writer in writers:
+                await writer.stop()
+            await db.dispose()
+
+    return asyncio.run(scenario())
+
+
 def test_a_key_another_writer_made_meanwhile_is_not_written_over(settings: Settings) -> None:
     """Two writers (the ingest processes of two `serve` instances) on one database. On
     PostgreSQL a writer decides a group from what it remembers of the alert keys, in one
     round trip, taking a fingerprint it never saw to lead nowhere when its topic leads to an
     incident; the other writer has meanwhile stored that fingerprint, so the group must be
     decided again from what is stored: deduplicated, with the incident's count right."""
-    import asyncio
-
     from app.alerts.parsers import parse_generic
-    from app.alerts.writer import IngestWriter
-    from app.bootstrap import build_env, open_database
 
     def one_alert(fingerprint: str) -> list[Any]:
         return parse_generic(alert(fingerprint=fingerprint, labels={"topic": "bhxh"}))
 
-    async def scenario() -> list[Any]:
-        db = open_database(settings)
-        a, b = (IngestWriter(db, build_env(settings), settings.group_by,
-                             settings.raw_alert_max_bytes) for _ in range(2))
-        a.start()
-        b.start()
-        try:
-            first, _ = await a.submit(one_alert("fp-1"), "m", "k1")  # opens the incident
-            again, _ = await a.submit(one_alert("fp-1"), "m", "k1")  # from memory
-            other, _ = await b.submit(one_alert("fp-2"), "m", "k1")  # a new fingerprint
-            late, _ = await a.submit(one_alert("fp-2"), "m", "k1")  # never seen by a
-            return [first[0], again[0], other[0], late[0]]
-        finally:
-            await a.stop()
-            await b.stop()
-            await db.dispose()
-
-    first, again, other, late = asyncio.run(scenario())
+    first, again, other, late = _through_two_writers(settings, [
+        (0, one_alert("fp-1")),  # opens the incident
+        (0, one_alert("fp-1")),  # from memory
+        (1, one_alert("fp-2")),  # a new fingerprint
+        (0, one_alert("fp-2")),  # never seen by writer 0
+    ])
     assert {again.incident_id, other.incident_id, late.incident_id} == {first.incident_id}
     assert [r.deduplicated for r in (first, again, other, late)] == [False, True, False, True]
     from app.core.db import make_sync_engine
@@ -1341,34 +1349,18 @@ def test_a_raise_remembered_at_an_old_severity_is_decided_on_what_is_stored(
     check of what it remembers. Here the other writer has meanwhile raised the incident
     above the group's severity: the group must be decided again from what is stored, so it
     raises nothing, and the timeline holds the other writer's raise only."""
-    import asyncio
-
     from app.alerts.parsers import parse_generic
-    from app.alerts.writer import IngestWriter
-    from app.bootstrap import build_env, open_database
     from app.incidents.models import TimelineEntry
 
     def one_alert(fingerprint: str, severity: str) -> list[Any]:
         return parse_generic(alert(fingerprint=fingerprint, labels={"topic": "bhxh"},
                                    severity=severity))
 
-    async def scenario() -> list[Any]:
-        db = open_database(settings)
-        a, b = (IngestWriter(db, build_env(settings), settings.group_by,
-                             settings.raw_alert_max_bytes) for _ in range(2))
-        a.start()
-        b.start()
-        try:
-            first, _ = await a.submit(one_alert("fp-1", "low"), "m", "k1")  # a remembers low
-            other, _ = await b.submit(one_alert("fp-2", "critical"), "m", "k1")
-            late, _ = await a.submit(one_alert("fp-1", "high"), "m", "k1")
-            return [first[0], other[0], late[0]]
-        finally:
-            await a.stop()
-            await b.stop()
-            await db.dispose()
-
-    first, other, late = asyncio.run(scenario())
+    first, other, late = _through_two_writers(settings, [
+        (0, one_alert("fp-1", "low")),  # writer 0 remembers it low
+        (1, one_alert("fp-2", "critical")),
+        (0, one_alert("fp-1", "high")),
+    ])
     assert {other.incident_id, late.incident_id} == {first.incident_id}
     assert late.deduplicated is True and late.status == "firing"
     from app.core.db import make_sync_engine
