@@ -13,9 +13,7 @@ join, so every plan probes the two primary keys once per key. What the function 
 unchanged.
 """
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
 
 from alembic import op
 
@@ -59,10 +57,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    # The function as migration 0011 made it (versions/ is not a package).
-    path = Path(__file__).with_name("20261207_0011_ingest_keys_unchanged.py")
-    spec = importlib.util.spec_from_file_location("migration_0011", path)
-    assert spec is not None and spec.loader is not None
-    made = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(made)
-    op.execute(made.CREATE.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+    # The function as migration 0011 made it, from that migration's own module.
+    script = op.get_context().script
+    assert script is not None  # run by Alembic's environment (migrations/env.py)
+    made = script.get_revision("0011")
+    assert made is not None
+    op.execute(made.module.CREATE.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
