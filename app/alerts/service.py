@@ -49,12 +49,13 @@ INGEST_LOCK_ID = 0x0C415E
 _INGEST_LOCK = ("SELECT pg_advisory_xact_lock(?)", (INGEST_LOCK_ID,))
 # incident.group_key holds 200 characters; longer keys are stored as a digest.
 MAX_GROUP_KEY = 200
-# `ingest_keys_unchanged` (migration 0011) fails a transaction with this when a key the
+# `ingest_keys_unchanged` (migrations 0011, 0012) fails a transaction with this when a key the
 # writer remembers no longer leads where it remembers.
 STALE_KEYS = "CF001"
 # Groups up to this many alerts use and feed `KeyMemory`: the round trip it saves matters to
-# small groups (a storm of single alerts), and a large one (arrays) nearly always raises an
-# incident's severity somewhere, which the memory cannot decide.
+# small groups (a storm of single alerts); to a large one (arrays) it is a small share of its
+# time, its check costs the server what the lookup does, and remembering its keys would cost
+# the writer's thread more than it saves.
 REMEMBERED_GROUP_MAX = 256
 
 
@@ -275,7 +276,6 @@ async def _check_remembered(session: AsyncSession, batch: _Batch) -> None:
     """The ingest lock and `ingest_keys_unchanged` for a batch decided from memory: held to
     go first in the group's one pipeline, or, when the batch raises incidents, sent at once
     with the reading of those incidents (the lock and the check before their row locks)."""
-    db = await driver(session)
     columns: list[list[str]] = [[], [], [], [], []]
     for (kind, key), found in sorted(batch.remembered.items()):
         for column, value in zip(columns, (kind, key, *(found or ("", "", ""))), strict=True):
@@ -284,6 +284,7 @@ async def _check_remembered(session: AsyncSession, batch: _Batch) -> None:
     if batch.raising:
         await _lock(session, batch, list(batch.raising), first=check)
         return
+    db = await driver(session)
     for sql, params in check:
         await db.execute(sql, params, wait=False)
 
