@@ -1380,6 +1380,58 @@ def test_a_raise_remembered_at_an_old_severity_is_decided_on_what_is_stored(
     assert [(r["from"], r["to"]) for r in raises] == [("low", "critical")]
 
 
+@pytest.mark.parametrize("beside", ["own connection", "other process"])
+def test_an_incident_closed_between_two_groups_takes_no_more_alerts(
+        settings: Settings, beside: str) -> None:
+    """The writer remembers what alert keys led to. On SQLite it trusts that memory as long
+    as nothing but itself has written the database; here, between two of its groups, the
+    incident is closed by another transaction on the very connection the writer had from the
+    pool (its own changes are counted apart from others'), or by another process. The next
+    repeat must open a new incident, not join the closed one."""
+    import asyncio
+
+    from app.alerts.parsers import parse_generic
+    from app.alerts.writer import IngestWriter
+    from app.bootstrap import build_env, open_database
+    from app.core.db import make_sync_engine
+    from app.incidents.models import State
+
+    body = alert(fingerprint="fp-closed", labels={"topic": "bhxh"})
+
+    def close(incident_id: str | None) -> Any:
+        return sa.update(Incident).where(col(Incident.id) == incident_id).values(
+            state=State.closed)
+
+    async def scenario() -> list[Any]:
+        db = open_database(settings)
+        writer = IngestWriter(db, build_env(settings), settings.group_by,
+                              settings.raw_alert_max_bytes)
+        writer.start()
+        try:
+            first = (await writer.submit(parse_generic(body), "m", "k1"))[0][0]
+            again = (await writer.submit(parse_generic(body), "m", "k1"))[0][0]
+            if beside == "own connection":
+                async with db.transaction() as session:
+                    await session.execute(close(first.incident_id))
+            else:
+                engine = make_sync_engine(settings.database_url)
+                try:
+                    with engine.begin() as conn:
+                        conn.execute(close(first.incident_id))
+                finally:
+                    engine.dispose()
+            late = (await writer.submit(parse_generic(body), "m", "k1"))[0][0]
+            return [first, again, late]
+        finally:
+            await writer.stop()
+            await db.dispose()
+
+    first, again, late = asyncio.run(scenario())
+    assert again.incident_id == first.incident_id and again.deduplicated is True
+    assert late.incident_id not in (None, first.incident_id)
+    assert late.deduplicated is False
+
+
 def test_requests_a_turn_of_the_loop_apart_share_one_transaction(settings: Settings) -> None:
     """The writer waits one turn of the event loop before taking its group: requests whose
     bytes arrived together reach the queue a turn apart (each awaits its body first), and a

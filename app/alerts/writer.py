@@ -24,7 +24,7 @@ from app.agencies.models import Agency
 from app.alerts import service
 from app.alerts.models import Outcome, WebhookReceipt
 from app.alerts.parsers import ParsedAlert
-from app.core.bulk import pipelined
+from app.core.bulk import driver, pipelined
 from app.core.clock import utcnow
 from app.core.db import Database
 from app.core.errors import is_database_unavailable
@@ -66,8 +66,9 @@ class IngestWriter:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._agency_codes: set[str] | None = None
-        # On PostgreSQL, where the key lookup is a round trip of its own.
-        self._memory = None if db.is_sqlite else service.KeyMemory()
+        # Saves the key lookup's round trip on PostgreSQL, and on SQLite (where it is exact)
+        # the lookup of what it remembers.
+        self._memory = service.ExactKeyMemory() if db.is_sqlite else service.KeyMemory()
         self._agencies_at = 0.0
 
     def start(self) -> None:
@@ -250,6 +251,8 @@ class IngestWriter:
                     await session.execute(sa.insert(table_of(WebhookReceipt)), receipts)
             except IntegrityError:  # another request took this webhook-id first
                 raise DuplicateWebhook() from None
+        if isinstance(memory, service.ExactKeyMemory):
+            memory.seal(await driver(session))
         return out
 
 

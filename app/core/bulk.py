@@ -327,6 +327,13 @@ class Driver:
         self._pg = None if self.sqlite else conn.sync_connection.connection.driver_connection
         self._info = info if info is not None else {}
 
+    @property
+    def sqlite_connection(self) -> sqlite3.Connection | None:
+        """SQLite, inside a write transaction: the connection statements run on inline."""
+        if self._raw is None and self.sqlite:
+            self._raw = _inline_sqlite(self.conn)
+        return self._raw
+
     def time(self, value: datetime) -> Any:
         """A datetime as the UTC columns store it."""
         return self._time(value)
@@ -341,12 +348,10 @@ class Driver:
         if not wait and (held := self._info.get(_PIPELINE)) is not None:
             held.append((sql, params))
             return []
-        if self._raw is None and self.sqlite:
-            self._raw = _inline_sqlite(self.conn)  # once the transaction has begun
-        if self._raw is not None:
+        if (raw := self.sqlite_connection) is not None:  # once the transaction has begun
             try:
-                cursor = (self._raw.executemany(sql, params) if isinstance(params, list)
-                          else self._raw.execute(sql, params))
+                cursor = (raw.executemany(sql, params) if isinstance(params, list)
+                          else raw.execute(sql, params))
             except sqlite3.Error as error:
                 raise _as_sqlalchemy(error, sql, sqlite3.Error) from error
             try:
