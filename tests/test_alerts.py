@@ -8,10 +8,11 @@ backend). What a monitor sends is checked through what a reader gets back: the i
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -1238,6 +1239,27 @@ def test_concurrent_posts_to_two_api_processes_open_one_incident(
     _check_race(client, duty, responses)
 
 
+@contextlib.asynccontextmanager
+async def _running_writers(settings: Settings, count: int = 1, **kw: Any
+                           ) -> AsyncIterator[list[Any]]:
+    """`count` running ingest writers on one database (as the ingest processes of that many
+    `serve` instances), stopped and the database closed afterwards."""
+    from app.alerts.writer import IngestWriter
+    from app.bootstrap import build_env, open_database
+
+    db = open_database(settings)
+    writers = [IngestWriter(db, build_env(settings), settings.group_by,
+                            settings.raw_alert_max_bytes, **kw) for _ in range(count)]
+    for writer in writers:
+        writer.start()
+    try:
+        yield writers
+    finally:
+        for writer in writers:
+            await writer.stop()
+        await db.dispose()
+
+
 def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
     """Requests committed together: when one of them cannot be stored (here a second copy of
     a signed webhook racing the first), the others are still stored and answered, and the
@@ -1246,8 +1268,7 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
     import asyncio
 
     from app.alerts.parsers import parse_generic
-    from app.alerts.writer import DuplicateWebhook, IngestWriter
-    from app.bootstrap import build_env, open_database
+    from app.alerts.writer import DuplicateWebhook
     from app.core.bulk import COPY_MIN_ROWS
 
     def many(name: str) -> list[Any]:
@@ -1255,11 +1276,7 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
                               for i in range(COPY_MIN_ROWS)])
 
     async def scenario() -> list[Any]:
-        db = open_database(settings)
-        writer = IngestWriter(db, build_env(settings), settings.group_by,
-                              settings.raw_alert_max_bytes)
-        writer.start()
-        try:
+        async with _running_writers(settings) as (writer,):
             submit = [
                 writer.submit(many("ok-1"), "m", "k1"),
                 writer.submit(parse_generic(alert(fingerprint="hook")), "m", "k1", "msg-1"),
@@ -1267,9 +1284,6 @@ def test_a_failing_request_in_a_group_fails_alone(settings: Settings) -> None:
                 writer.submit(many("ok-2"), "m", "k1"),
             ]
             return await asyncio.gather(*submit, return_exceptions=True)
-        finally:
-            await writer.stop()
-            await db.dispose()
 
     first, hook, again, last = asyncio.run(scenario())
     assert isinstance(again, DuplicateWebhook)
@@ -1293,21 +1307,9 @@ def _through_two_writers(settings: Settings, steps: list[tuple[int, list[Any]]])
     instances on one database), in order; each step's first result."""
     import asyncio
 
-    from app.alerts.writer import IngestWriter
-    from app.bootstrap import build_env, open_database
-
     async def scenario() -> list[Any]:
-        db = open_database(settings)
-        writers = [IngestWriter(db, build_env(settings), settings.group_by,
-                                settings.raw_alert_max_bytes) for _ in range(2)]
-        for writer in writers:
-            writer.start()
-        try:
+        async with _running_writers(settings, 2) as writers:
             return [(await writers[i].submit(alerts, "m", "k1"))[0][0] for i, alerts in steps]
-        finally:
-            for writer in writers:
-                await writer.stop()
-            await db.dispose()
 
     return asyncio.run(scenario())
 
@@ -1391,8 +1393,6 @@ def test_an_incident_closed_between_two_groups_takes_no_more_alerts(
     import asyncio
 
     from app.alerts.parsers import parse_generic
-    from app.alerts.writer import IngestWriter
-    from app.bootstrap import build_env, open_database
     from app.core.db import make_sync_engine
     from app.incidents.models import State
 
@@ -1403,15 +1403,11 @@ def test_an_incident_closed_between_two_groups_takes_no_more_alerts(
             state=State.closed)
 
     async def scenario() -> list[Any]:
-        db = open_database(settings)
-        writer = IngestWriter(db, build_env(settings), settings.group_by,
-                              settings.raw_alert_max_bytes)
-        writer.start()
-        try:
+        async with _running_writers(settings) as (writer,):
             first = (await writer.submit(parse_generic(body), "m", "k1"))[0][0]
             again = (await writer.submit(parse_generic(body), "m", "k1"))[0][0]
             if beside == "own connection":
-                async with db.transaction() as session:
+                async with writer.db.transaction() as session:
                     await session.execute(close(first.incident_id))
             else:
                 engine = make_sync_engine(settings.database_url)
@@ -1422,9 +1418,6 @@ def test_an_incident_closed_between_two_groups_takes_no_more_alerts(
                     engine.dispose()
             late = (await writer.submit(parse_generic(body), "m", "k1"))[0][0]
             return [first, again, late]
-        finally:
-            await writer.stop()
-            await db.dispose()
 
     first, again, late = asyncio.run(scenario())
     assert again.incident_id == first.incident_id and again.deduplicated is True
@@ -1439,31 +1432,23 @@ def test_requests_a_turn_of_the_loop_apart_share_one_transaction(settings: Setti
     import asyncio
 
     from app.alerts.parsers import parse_generic
-    from app.alerts.writer import IngestWriter
-    from app.bootstrap import build_env, open_database
 
     groups: list[int] = []
 
     async def scenario() -> None:
-        db = open_database(settings)
-        writer = IngestWriter(db, build_env(settings), settings.group_by,
-                              settings.raw_alert_max_bytes,
-                              on_group=lambda group: groups.append(len(group)))
-        writer.start()
+        async with _running_writers(
+                settings, on_group=lambda group: groups.append(len(group))) as (writer,):
 
-        async def a_turn_later(n: int) -> Any:
-            await asyncio.sleep(0)
-            return await writer.submit(parse_generic(alert(fingerprint=f"later-{n}")), "m", "k")
+            async def a_turn_later(n: int) -> Any:
+                await asyncio.sleep(0)
+                return await writer.submit(parse_generic(alert(fingerprint=f"later-{n}")),
+                                           "m", "k")
 
-        try:
             first = asyncio.create_task(
                 writer.submit(parse_generic(alert(fingerprint="first")), "m", "k"))
             later = [asyncio.create_task(a_turn_later(n)) for n in range(5)]
             for outcome in await asyncio.gather(first, *later):
                 assert outcome[0][0].status == "firing"
-        finally:
-            await writer.stop()
-            await db.dispose()
 
     asyncio.run(scenario())
     assert groups == [6]
@@ -1479,8 +1464,6 @@ def test_a_groups_answers_go_out_before_the_next_group_is_taken(settings: Settin
     import asyncio
 
     from app.alerts.parsers import parse_generic
-    from app.alerts.writer import IngestWriter
-    from app.bootstrap import build_env, open_database
     from app.core.sqlite_driver import INLINE_COMMIT_ROWS
 
     events: list[tuple[str, str]] = []
@@ -1492,27 +1475,20 @@ def test_a_groups_answers_go_out_before_the_next_group_is_taken(settings: Settin
             events.append(("taken", group[0].actor))
             taken.set()
 
-        db = open_database(settings)
-        writer = IngestWriter(db, build_env(settings), settings.group_by,
-                              settings.raw_alert_max_bytes, on_group=on_group)
-        writer.start()
         loop = asyncio.get_running_loop()
+        async with _running_writers(settings, on_group=on_group) as (writer,):
 
-        async def client(name: str, count: int) -> None:
-            alerts = parse_generic([alert(fingerprint=f"{name}-{i}", labels={"topic": name})
-                                    for i in range(count)])
-            await writer.submit(alerts, name, "k")
-            loop.call_soon(events.append, ("sent", name))  # as Cork sends, a turn later
+            async def client(name: str, count: int) -> None:
+                alerts = parse_generic([alert(fingerprint=f"{name}-{i}", labels={"topic": name})
+                                        for i in range(count)])
+                await writer.submit(alerts, name, "k")
+                loop.call_soon(events.append, ("sent", name))  # as Cork sends, a turn later
 
-        try:
             first = asyncio.create_task(client("first", INLINE_COMMIT_ROWS + 10))
             await taken.wait()  # the first group is being written
             assert events == [("taken", "first")]
             second = asyncio.create_task(client("second", 1))
             await asyncio.gather(first, second)
-        finally:
-            await writer.stop()
-            await db.dispose()
 
     asyncio.run(scenario())
     assert events == [("taken", "first"), ("sent", "first"), ("taken", "second"),
