@@ -320,10 +320,14 @@ class ExactKeyMemory(KeyMemory):
         unknown = []
         leads, incidents = self.leads, self.incidents
         for name in names:
-            incident_id = leads.get((kind, name), name)  # a name is never an incident id
+            key = (kind, name)
+            if key not in leads:
+                unknown.append(name)
+                continue
+            incident_id = leads[key]
             if incident_id is None:
                 continue  # leads nowhere
-            state = incidents.get(incident_id) if incident_id is not name else None
+            state = incidents.get(incident_id)
             if state is None:
                 unknown.append(name)
             else:
