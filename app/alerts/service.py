@@ -174,7 +174,7 @@ class KeyMemory:
     writer then forgets that group's keys and writes it the long way. So the memory changes
     how many round trips a group costs, never what it stores."""
 
-    group_max = REMEMBERED_GROUP_MAX  # the largest group it learns from
+    group_max = REMEMBERED_GROUP_MAX  # the largest group it decides or learns from
 
     def __init__(self, limit: int = 50_000) -> None:
         self.limit = limit
@@ -200,7 +200,7 @@ class KeyMemory:
         remembered open incident. A fingerprint never seen is taken to lead nowhere when its
         grouping labels lead to an incident (a new post on a known topic: most of a storm),
         which the check confirms."""
-        if len(alerts) > REMEMBERED_GROUP_MAX:
+        if len(alerts) > self.group_max:
             return None
         batch = _Batch(known_agencies=ctx.known_agencies or set())
         used = batch.remembered
