@@ -55,6 +55,44 @@ def test_incident_pages_leave_room_for_updated_rows_on_postgresql(db_url: str) -
     assert options() == ["fillfactor=70"]
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite compares text byte by byte
+def test_identifiers_compare_byte_by_byte_whatever_the_locale_on_postgresql(
+        db_url: str) -> None:
+    """Ids, foreign ids and alert keys take the "C" collation (migration 0013): in a database
+    created under a language's locale, comparing them by its rules cost a third of alert
+    ingestion. Text people read keeps the database's collation. Also beyond autogenerate's
+    comparison, so checked here, both ways; the trigger that names incident.id is kept
+    (`test_alerts_name_stored_incidents_on_both_databases` checks what it does)."""
+    from alembic import command
+
+    from app.core.migrate import alembic_config
+
+    def bytewise() -> tuple[set[tuple[str, str]], list[str]]:
+        engine = make_sync_engine(db_url)
+        try:
+            with engine.connect() as conn:
+                columns = conn.exec_driver_sql(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND collation_name = 'C'").all()
+                triggers = conn.exec_driver_sql(
+                    "SELECT tgname FROM pg_trigger WHERE tgrelid = 'incident'::regclass "
+                    "AND NOT tgisinternal ORDER BY tgname").scalars().all()
+        finally:
+            engine.dispose()
+        return {(t, c) for t, c in columns}, list(triggers)
+
+    columns, triggers = bytewise()
+    assert {("alert", "id"), ("alert", "incident_id"), ("alert_key", "key"),
+            ("alert_key", "kind"), ("incident", "id"), ("timeline_entry", "incident_id"),
+            ("delivery", "subscription_id"), ("event", "id")} <= columns
+    assert all(c == "id" or c.endswith("_id") or t == "alert_key" for t, c in columns)
+    assert triggers == ["incident_alerts_kept_deleted", "incident_alerts_kept_renamed"]
+    command.downgrade(alembic_config(db_url), "0012")
+    assert bytewise() == (set(), triggers)
+    upgrade(db_url)
+    assert bytewise() == (columns, triggers)
+
+
 def test_upgrade_is_idempotent(db_url: str) -> None:
     upgrade(db_url)  # already at head: nothing to do, no error
     upgrade(db_url)
