@@ -24,8 +24,9 @@ collation compares as "C" (a column's own collation wins over the default), so t
 ids of every table change together and every join between ids can still use its indexes.
 
 Only the indexes on these columns are rebuilt (the rows are not rewritten), under a lock
-that holds writes for as long as that takes on a large `alert` table. SQLite compares text
-byte by byte already.
+that holds reads and writes of those tables meanwhile: 8.8 s for 1,000,000 incidents with
+1,830,000 agency links and 2,000,000 alerts on the same machine. SQLite compares text byte
+by byte already.
 """
 
 from collections.abc import Sequence
