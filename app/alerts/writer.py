@@ -111,6 +111,7 @@ class IngestWriter:
                         [service.draft(a, key_id) for a in alerts])
 
     async def _run(self) -> None:
+        finished: list[_Request] = []
         while True:
             group = [await self._queue.get()]
             # Requests that arrived with this one are ready to run but have not reached the
@@ -119,9 +120,14 @@ class IngestWriter:
             await asyncio.sleep(0)
             size = len(group[0].alerts)
             while not self._queue.empty() and size < MAX_GROUP_ALERTS:
-                nxt = self._queue.get_nowait()
-                group.append(nxt)
-                size += len(nxt.alerts)
+                group.append(self._queue.get_nowait())
+                size += len(group[-1].alerts)
+            # The last group's requests (alerts, rows, results) are freed once this group
+            # first waits for the database, not here: freeing two arrays of 1,000 alerts took
+            # the ingest process 6 ms between groups, while the writer sat idle for half of
+            # every group waiting for PostgreSQL (time between groups 8.0-8.4 ms → 2.0-2.5 ms,
+            # three paired runs of arrays).
+            asyncio.get_running_loop().call_soon(finished.clear)
             self.on_group(group)
             try:
                 await self._write(group)
@@ -129,6 +135,7 @@ class IngestWriter:
                 for r in group:
                     if not r.done.done():
                         r.done.set_exception(exc)
+            finished = group
             # One turn of the loop for the group's answers (the tasks its results woke) to be
             # written, so that they go out before the next group starts: up to its first
             # round trip (all of it on SQLite) that group runs without a pause, and held every
